@@ -1,0 +1,27 @@
+"""effnet: the EfficientNet family (Tan & Le, ICML 2019) from one baseline table and compound scaling."""
+
+from .model import EfficientNet
+from .registry import ModelConfig, PreprocessConfig, create_model, get_config, list_models
+from .scaling import Scaling, compound, round_filters, round_repeats, scale_network, scale_to_budget
+from .specs import EFFICIENTNET_B0, EFFICIENTNET_LITE0, NetworkSpec, StageSpec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EfficientNet",
+    "ModelConfig",
+    "PreprocessConfig",
+    "create_model",
+    "get_config",
+    "list_models",
+    "Scaling",
+    "compound",
+    "round_filters",
+    "round_repeats",
+    "scale_network",
+    "scale_to_budget",
+    "EFFICIENTNET_B0",
+    "EFFICIENTNET_LITE0",
+    "NetworkSpec",
+    "StageSpec",
+]

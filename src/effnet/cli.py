@@ -1,0 +1,170 @@
+"""The ``effnet`` command: thin argument parsing over the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+__all__ = ["main"]
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .analysis import model_stats
+    from .registry import get_config, list_models
+
+    names = list_models(args.pattern)
+    if not names:
+        print(f"no model matches {args.pattern!r}", file=sys.stderr)
+        return 1
+    print(f"{'name':<26} {'params (M)':>10} {'MACs (G)':>9} {'input':>6}  pretrained")
+    for name in names:
+        s = model_stats(name)
+        pretrained = "yes" if get_config(name).weights else "no"
+        print(f"{name:<26} {s['params'] / 1e6:>10.2f} {s['macs'] / 1e9:>9.3f} {s['input_size']:>6}  {pretrained}")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .analysis import model_stats
+    from .registry import get_config
+    from .scaling import se_channels
+
+    cfg = get_config(args.name)
+    net, s, pre = cfg.network, cfg.scaling, cfg.preprocess
+    stats = model_stats(args.name)
+    print(f"{cfg.name}: width {s.width}, depth {s.depth}, resolution {s.resolution} px, dropout {s.dropout}, "
+          f"drop_path {cfg.drop_path_rate}")
+    print(f"params {stats['params']:,}  MACs {stats['macs'] / 1e9:.3f} G at {s.resolution}x{s.resolution}")
+    print(f"activation {net.act}, padding {cfg.padding}, BatchNorm eps {cfg.norm_eps} momentum {cfg.norm_momentum}")
+    print(f"{'stage':<7}{'block':<13}{'kernel':>6}{'stride':>7}{'expand':>7}{'in':>6}{'out':>6}{'repeats':>8}{'SE':>5}")
+    print(f"{'stem':<7}{'Conv':<13}{net.stem_kernel:>6}{net.stem_stride:>7}{'-':>7}{3:>6}{net.stem_chs:>6}{1:>8}{'-':>5}")
+    in_chs = net.stem_chs
+    for i, st in enumerate(net.stages, 1):
+        se = se_channels(in_chs, st.se_ratio) if st.se_ratio > 0 else "-"
+        print(f"{i:<7}{st.block.value + str(st.expand_ratio):<13}{st.kernel:>6}{st.stride:>7}{st.expand_ratio:>7}"
+              f"{in_chs:>6}{st.out_chs:>6}{st.repeats:>8}{se!s:>5}")
+        in_chs = st.out_chs
+    print(f"{'head':<7}{'Conv1x1':<13}{1:>6}{1:>7}{'-':>7}{in_chs:>6}{net.head_chs:>6}{1:>8}{'-':>5}")
+    print(f"preprocessing: resize shorter side to {pre.resize_size} px ({pre.interpolation}), center crop "
+          f"{pre.input_size} px (crop_pct {pre.crop_pct:.3f}), mean {tuple(round(m, 4) for m in pre.mean)}, "
+          f"std {tuple(round(v, 4) for v in pre.std)}")
+    return 0
+
+
+def _collect_images(inputs: Sequence[str]) -> list[Path]:
+    from .data import IMAGE_EXTENSIONS
+
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS))
+        else:
+            files.append(p)
+    return files
+
+
+def _class_names(num_classes: int) -> list[str]:
+    """ImageNet class names from the shared data folder when the model has 1000 classes."""
+    from .data import data_dir
+
+    labels = data_dir() / "imagenet-samples" / "meta" / "labels_map.txt"
+    if num_classes == 1000 and labels.is_file():
+        mapping = json.loads(labels.read_text())
+        return [mapping[str(i)] for i in range(1000)]
+    return [f"class_{i}" for i in range(num_classes)]
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import torch
+
+    from .data import ImageDecodeError, eval_transform, load_image
+    from .registry import create_model
+
+    model = create_model(args.model).eval()
+    print(f"note: {args.model} has random weights; predictions are meaningless", file=sys.stderr)
+    transform = eval_transform(model.config)
+    names = _class_names(model.num_classes)
+    files = _collect_images(args.inputs)
+    results, failed = [], 0
+    t_decode = t_model = 0.0
+    for start in range(0, len(files), args.batch_size):
+        batch, paths = [], []
+        t0 = time.perf_counter()
+        for f in files[start:start + args.batch_size]:
+            try:
+                batch.append(transform(load_image(f)))
+                paths.append(f)
+            except (ImageDecodeError, FileNotFoundError) as e:
+                failed += 1
+                print(f"skipped: {e}", file=sys.stderr)
+        t1 = time.perf_counter()
+        t_decode += t1 - t0
+        if not batch:
+            continue
+        x = torch.stack(batch)
+        with torch.inference_mode():
+            probs = model(x).softmax(dim=1)
+        t_model += time.perf_counter() - t1
+        if args.verbose:
+            print(f"batch input {tuple(x.shape)} {x.dtype} -> logits {tuple(probs.shape)}", file=sys.stderr)
+        top = probs.topk(min(args.topk, probs.shape[1]), dim=1)
+        for path, p, idx in zip(paths, top.values.tolist(), top.indices.tolist()):
+            results.append(dict(file=str(path), top=[dict(index=i, name=names[i], prob=round(q, 6))
+                                                     for i, q in zip(idx, p)]))
+    if args.json:
+        print(json.dumps(results, indent=1))
+    else:
+        for r in results:
+            tops = ", ".join(f"{t['name']} {t['prob']:.3f}" for t in r["top"])
+            print(f"{r['file']}: {tops}")
+    n = len(results)
+    if n:
+        print(f"{n} images ({failed} skipped): decode+preprocess {t_decode:.2f} s, model {t_model:.2f} s "
+              f"({n / t_model:.1f} images/s, batch {args.batch_size}, {torch.get_num_threads()} threads)",
+              file=sys.stderr)
+    return 0 if n or not files else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="effnet", description="EfficientNet models: list, inspect, predict.")
+    parser.add_argument("--version", action="version", version=f"effnet {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("models", help="table of models: params, MACs, input size, pretrained weights")
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style name filter, e.g. '*lite*'")
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("info", help="the resolved configuration of one model, stage by stage")
+    p.add_argument("name")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("predict", help="top-k ImageNet classes of images or folders of images")
+    p.add_argument("inputs", nargs="+", help="image files or folders (searched recursively)")
+    p.add_argument("--model", default="efficientnet_b0")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--json", action="store_true", help="print results as JSON")
+    p.add_argument("-v", "--verbose", action="store_true", help="print batch shapes")
+    p.set_defaults(func=_cmd_predict)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``effnet`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyError as e:  # unknown model names carry their suggestion in the message
+        print(f"error: {e.args[0]}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""The EfficientNet module: stem, stages of blocks, head, classifier.
+
+It is built from a scaled :class:`~effnet.specs.NetworkSpec` and knows nothing of model
+names or weight files (those live in :mod:`effnet.registry` and :mod:`effnet.weights`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Union
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .blocks import create_block
+from .layers import ConvNormAct
+from .specs import NetworkSpec
+
+__all__ = ["EfficientNet"]
+
+
+class EfficientNet(nn.Module):
+    """EfficientNet (Tan & Le, ICML 2019) from a network spec.
+
+    Args:
+        spec: the network with concrete widths and repeats (see
+            :func:`effnet.scaling.scale_network`).
+        num_classes: classifier outputs; 0 removes the classifier and ``forward`` returns
+            the pooled features (N, ``num_features``).
+        in_chans: input image channels (3 for RGB).
+        drop_rate: dropout before the classifier (0.2..0.5 per variant, official table).
+        drop_path_rate: stochastic depth of the last block; block ``i`` of ``n`` gets
+            ``drop_path_rate * i / n`` (official ``survival_prob`` ramp; 0.2 officially).
+        padding: ``symmetric`` (PyTorch-trained weights) or ``same`` (TF-trained weights).
+        norm_eps, norm_momentum: BatchNorm settings; the paper's TF values by default
+            (epsilon 1e-3, decay 0.99 = PyTorch momentum 0.01).
+
+    Attributes:
+        feature_info: one dict per feature level: ``stage`` index, ``num_chs``, ``reduction``
+            (input pixels per feature pixel) and ``module`` name.
+
+    Shapes:
+        ``forward``: (N, in_chans, H, W) float -> (N, num_classes) logits, any H, W >= 1.
+        ``forward_features``: -> (N, num_features, ceil(H/32), ceil(W/32)).
+        ``forward_feature_maps``: -> list of 5 maps, strides 2, 4, 8, 16, 32 with the
+        channels in ``feature_info``.
+    """
+
+    # Python-side metadata, not used in forward: TorchScript leaves them out.
+    __jit_ignored_attributes__ = ["feature_info", "config"]
+
+    def __init__(self, spec: NetworkSpec, num_classes: int = 1000, in_chans: int = 3,
+                 drop_rate: float = 0.2, drop_path_rate: float = 0.2, padding: str = "symmetric",
+                 norm_eps: float = 1e-3, norm_momentum: float = 0.01) -> None:
+        super().__init__()
+        if in_chans < 1:
+            raise ValueError(f"in_chans must be >= 1, got {in_chans}")
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+        if not 0.0 <= drop_rate < 1.0 or not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f"drop_rate and drop_path_rate must be in [0, 1), got {drop_rate}, {drop_path_rate}")
+        norm = dict(padding=padding, norm_eps=norm_eps, norm_momentum=norm_momentum)
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.drop_rate = drop_rate
+        self.num_features = spec.head_chs
+        self.grad_checkpointing = False
+
+        self.stem = ConvNormAct(in_chans, spec.stem_chs, spec.stem_kernel, spec.stem_stride, act=spec.act, **norm)
+        stages: List[nn.Module] = []
+        feature_info: List[Dict[str, Union[int, str]]] = []
+        in_chs, reduction, block_idx = spec.stem_chs, spec.stem_stride, 0
+        for i, stage in enumerate(spec.stages):
+            blocks = []
+            for j in range(stage.repeats):
+                rate = drop_path_rate * block_idx / spec.num_blocks
+                blocks.append(create_block(stage, in_chs, stage.stride if j == 0 else 1, spec.act,
+                                           drop_path_rate=rate, **norm))
+                in_chs, block_idx = stage.out_chs, block_idx + 1
+            stages.append(nn.Sequential(*blocks))
+            reduction *= stage.stride
+            # A feature level ends where the resolution is about to halve, and at the end.
+            if i == len(spec.stages) - 1 or spec.stages[i + 1].stride > 1:
+                feature_info.append(dict(stage=i, num_chs=stage.out_chs, reduction=reduction,
+                                              module=f"stages.{i}"))
+        self.stages = nn.Sequential(*stages)
+        self.feature_info = feature_info
+        self._feature_stages: List[int] = [int(f["stage"]) for f in feature_info]
+        self.head = ConvNormAct(in_chs, spec.head_chs, 1, act=spec.act, **norm)
+        self.dropout = nn.Dropout(drop_rate)
+        self.classifier: nn.Module = nn.Linear(spec.head_chs, num_classes) if num_classes > 0 else nn.Identity()
+        self.reset_parameters()
+
+    # ---- initialisation -------------------------------------------------------------------
+    def reset_parameters(self) -> None:
+        """The official initialisation (efficientnet_model.py).
+
+        Convs: normal(0, sqrt(2 / fan_out)) with ``fan_out = k*k*out_channels / groups``
+        (``conv_kernel_initializer``); classifier: uniform(+-1/sqrt(num_classes))
+        (``dense_kernel_initializer``); biases 0; BatchNorm weight 1, bias 0.
+        """
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                self._init_linear(m)
+
+    @staticmethod
+    def _init_linear(m: nn.Linear) -> None:
+        bound = 1.0 / math.sqrt(m.out_features)
+        nn.init.uniform_(m.weight, -bound, bound)
+        nn.init.zeros_(m.bias)
+
+    # ---- configuration --------------------------------------------------------------------
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier with a freshly initialised one of ``num_classes`` outputs (0 = none)."""
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+        self.num_classes = num_classes
+        if num_classes > 0:
+            ref = next(self.head.parameters())
+            linear = nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
+            self._init_linear(linear)
+            self.classifier = linear
+        else:
+            self.classifier = nn.Identity()
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass instead of storing them.
+
+        Trades compute for memory in training; has no effect in eval or under no_grad.
+        """
+        self.grad_checkpointing = enable
+
+    # ---- forward --------------------------------------------------------------------------
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"expected input of shape (N, {self.in_chans}, H, W), got {list(x.shape)}; "
+                             f"the model was built with in_chans={self.in_chans}")
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Stem, stages and head: (N, in_chans, H, W) -> (N, num_features, ceil(H/32), ceil(W/32))."""
+        self._check_input(x)
+        x = self.stem(x)
+        if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+            return self.head(_checkpoint_blocks(self.stages, x))
+        return self.head(self.stages(x))
+
+    def forward_feature_maps(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """Multi-scale features for detection/segmentation backbones.
+
+        Returns one map per ``feature_info`` entry, (N, num_chs, ceil(H/r), ceil(W/r)) for
+        reductions r = 2, 4, 8, 16, 32 (the last block of each resolution; the head conv
+        is not applied).
+        """
+        self._check_input(x)
+        x = self.stem(x)
+        maps: List[torch.Tensor] = []
+        for i, stage in enumerate(self.stages):
+            if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+                x = _checkpoint_blocks(stage, x)
+            else:
+                x = stage(x)
+            if i in self._feature_stages:
+                maps.append(x)
+        return maps
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Global average pool, dropout, classifier: (N, C, h, w) -> (N, num_classes).
+
+        With ``pre_logits`` returns the pooled features (N, num_features) instead.
+        """
+        x = x.mean((2, 3))
+        if pre_logits:
+            return x
+        return self.classifier(self.dropout(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _checkpoint_blocks(seq: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Run the blocks in ``seq`` (a stage, or all stages) with per-block activation checkpointing."""
+    for child in seq.children():
+        if isinstance(child, nn.Sequential):
+            x = _checkpoint_blocks(child, x)
+        else:
+            x = checkpoint(child, x, use_reentrant=False)
+    return x

@@ -1,0 +1,35 @@
+"""Shared fixtures. Real data comes from $EFFNET_DATA (default ../shared/data); CI has it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from effnet.data import data_dir
+
+
+@pytest.fixture(scope="session")
+def data() -> Path:
+    d = data_dir()
+    if not (d / "SOURCES.md").is_file():
+        pytest.fail(f"shared data not found at {d.resolve()}; set EFFNET_DATA to the shared/data folder")
+    return d
+
+
+def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every BatchNorm non-trivial affine parameters and running statistics.
+
+    Freshly initialised BN is the identity map in eval (mean 0, var 1, weight 1, bias 0),
+    which hides eps and folding mistakes; this makes every BN do real work.
+    """
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
+    return model
