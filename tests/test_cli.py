@@ -10,7 +10,7 @@ def test_models_table(capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].split()[:2] == ["name", "params"]
     rows = {line.split()[0]: line.split() for line in out[1:]}
-    assert rows["efficientnet_b0"][1:5] == ["5.29", "0.386", "224", "no"]
+    assert rows["efficientnet_b0"][1:5] == ["5.29", "0.386", "224", "yes"]
     assert set(rows) == {"efficientnet_b0", "tf_efficientnet_b0"}
 
 

@@ -1,7 +1,8 @@
 """effnet: the EfficientNet family (Tan & Le, ICML 2019) from one baseline table and compound scaling."""
 
 from .model import EfficientNet
-from .registry import ModelConfig, PreprocessConfig, create_model, get_config, list_models
+from .registry import ModelConfig, PreprocessConfig, WeightSource, create_model, from_pretrained, get_config, list_models
+from .weights import load_weights
 from .scaling import Scaling, compound, round_filters, round_repeats, scale_network, scale_to_budget
 from .specs import EFFICIENTNET_B0, EFFICIENTNET_LITE0, NetworkSpec, StageSpec
 
@@ -12,6 +13,9 @@ __all__ = [
     "ModelConfig",
     "PreprocessConfig",
     "create_model",
+    "from_pretrained",
+    "load_weights",
+    "WeightSource",
     "get_config",
     "list_models",
     "Scaling",

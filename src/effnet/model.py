@@ -7,7 +7,7 @@ names or weight files (those live in :mod:`effnet.registry` and :mod:`effnet.wei
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Union
+from typing import Dict, List, Optional, Union
 
 import torch
 from torch import nn
@@ -48,7 +48,7 @@ class EfficientNet(nn.Module):
     """
 
     # Python-side metadata, not used in forward: TorchScript leaves them out.
-    __jit_ignored_attributes__ = ["feature_info", "config"]
+    __jit_ignored_attributes__ = ["feature_info", "config", "class_names"]
 
     def __init__(self, spec: NetworkSpec, num_classes: int = 1000, in_chans: int = 3,
                  drop_rate: float = 0.2, drop_path_rate: float = 0.2, padding: str = "symmetric",
@@ -138,6 +138,15 @@ class EfficientNet(nn.Module):
         Trades compute for memory in training; has no effect in eval or under no_grad.
         """
         self.grad_checkpointing = enable
+
+    def save_pretrained(self, directory: str, class_names: Optional[List[str]] = None) -> None:
+        """Write safetensors weights and a JSON config to ``directory`` (see :func:`effnet.weights.save_pretrained`).
+
+        Reload with ``effnet.from_pretrained(directory)`` or ``effnet predict --weights directory``.
+        """
+        from .weights import save_pretrained
+
+        save_pretrained(self, directory, class_names)
 
     # ---- forward --------------------------------------------------------------------------
     def _check_input(self, x: torch.Tensor) -> None:

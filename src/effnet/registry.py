@@ -13,13 +13,16 @@ import dataclasses
 import difflib
 import fnmatch
 import math
+import os
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional, Union
 
 from torch import nn
 
 from .model import EfficientNet
+from .weights import load_weights, read_weight_file, resolve_source_path
 from .scaling import EFFICIENTNET_SCALING, LITE_SCALING, Scaling, scale_network
 from .specs import EFFICIENTNET_B0, EFFICIENTNET_LITE0, NetworkSpec
 
@@ -31,6 +34,9 @@ __all__ = [
     "get_config",
     "list_models",
     "create_model",
+    "from_pretrained",
+    "get_weight_source",
+    "WeightSource",
 ]
 
 # ImageNet channel statistics of RGB in [0, 1] (used by every PyTorch ImageNet model).
@@ -73,6 +79,32 @@ class PreprocessConfig:
 
 
 @dataclass(frozen=True)
+class WeightSource:
+    """A published set of pretrained weights for one model.
+
+    Attributes:
+        tag: short name to select it (``create_model(name, pretrained=tag)``).
+        url: the real public download address.
+        format: the layout of the file (``timm``, ``torchvision``, ``lukemelas``, ``tflite``).
+        preprocess: the eval preprocessing the source itself uses with these weights.
+        sha256: the full published hash where known; otherwise the hash prefix in the file
+            name (torch.hub convention) is checked, and archives without either are
+            checked only for format.
+        overrides: model settings these weights need (e.g. BatchNorm eps of TF-trained
+            weights in a symmetric-padding model), as (name, value) pairs.
+        top1: ImageNet top-1 (%) the source reports for them, where published.
+    """
+
+    tag: str
+    url: str
+    format: str
+    preprocess: PreprocessConfig
+    sha256: Optional[str] = None
+    overrides: tuple[tuple[str, Any], ...] = ()
+    top1: Optional[float] = None
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Everything ``create_model`` needs to build one named model.
 
@@ -84,7 +116,7 @@ class ModelConfig:
         norm_eps, norm_momentum: BatchNorm settings.
         drop_path_rate: stochastic depth of the last block (official 0.2).
         preprocess: eval preprocessing at the native resolution.
-        weights: tags of registered pretrained weights (filled by :mod:`effnet.weights`).
+        weights: the published pretrained weights; the first is the default.
     """
 
     name: str
@@ -95,7 +127,7 @@ class ModelConfig:
     norm_momentum: float = 0.1
     drop_path_rate: float = 0.2
     preprocess: PreprocessConfig = field(default_factory=lambda: PreprocessConfig(224))
-    weights: tuple[str, ...] = ()
+    weights: tuple[WeightSource, ...] = ()
 
     @property
     def network(self) -> NetworkSpec:
@@ -131,6 +163,112 @@ def _register_family() -> None:
 
 _register_family()
 
+# ---- published weights ------------------------------------------------------------------------
+_TIMM = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/"
+_TIMM_HF = "https://github.com/huggingface/pytorch-image-models/releases/download/v0.1-weights/"
+_TV = "https://download.pytorch.org/models/"
+_LUKEMELAS = "https://github.com/lukemelas/EfficientNet-PyTorch/releases/download/1.0/"
+_LITE = "https://storage.googleapis.com/cloud-tpu-checkpoints/efficientnet/lite/"
+_HALF = (0.5, 0.5, 0.5)
+
+
+def _pre(size: int, resize: Optional[int] = None, crop_pct: Optional[float] = None, interpolation: str = "bicubic",
+         mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD) -> PreprocessConfig:
+    pct = crop_pct if crop_pct is not None else size / (resize if resize else size + CROP_PADDING)
+    return PreprocessConfig(size, pct, interpolation, mean, std)
+
+
+# timm (timm/models/efficientnet.py default_cfgs): PyTorch-trained, symmetric padding.
+# Eval at timm's test size; b1..b4 are evaluated uncropped (crop_pct 1.0).
+_TIMM_WEIGHTS = {
+    "b0": ("efficientnet_b0_ra-3dd342df.pth", _pre(224, crop_pct=0.875)),
+    "b1": ("efficientnet_b1-533bc792.pth", _pre(256, crop_pct=1.0)),
+    "b2": ("efficientnet_b2_ra-bcdf34b7.pth", _pre(288, crop_pct=1.0)),
+    "b3": ("efficientnet_b3_ra2-cf984f9c.pth", _pre(320, crop_pct=1.0)),
+    "b4": ("efficientnet_b4_ra2_320-7eb33cd5.pth", _pre(384, crop_pct=1.0)),
+}
+# torchvision (torchvision/models/efficientnet.py, IMAGENET1K_V1): (file, crop, resize, top-1).
+# b5..b7 are TF-trained ports (EfficientNet-PyTorch) that torchvision runs with BN eps 1e-3.
+_TORCHVISION_WEIGHTS = {
+    "b0": ("efficientnet_b0_rwightman-7f5810bc.pth", 224, 256, 77.692),
+    "b1": ("efficientnet_b1_rwightman-bac287d4.pth", 240, 256, 78.642),
+    "b2": ("efficientnet_b2_rwightman-c35c1473.pth", 288, 288, 80.608),
+    "b3": ("efficientnet_b3_rwightman-b3899882.pth", 300, 320, 82.008),
+    "b4": ("efficientnet_b4_rwightman-23ab8bcd.pth", 380, 384, 83.384),
+    "b5": ("efficientnet_b5_lukemelas-1a07897c.pth", 456, 456, 83.444),
+    "b6": ("efficientnet_b6_lukemelas-24a108a5.pth", 528, 528, 84.008),
+    "b7": ("efficientnet_b7_lukemelas-c5b4e57e.pth", 600, 600, 84.122),
+}
+_TORCHVISION_SHA256 = {"b0": "7f5810bc96def8f7552d5b7e68d53c4786f81167d28291b21c0d90e1fca14934"}
+# timm ports of the official TF AutoAugment checkpoints (tf_efficientnet_*.aa_in1k).
+_TIMM_AA_WEIGHTS = {
+    "b0": _TIMM + "tf_efficientnet_b0_aa-827b6e33.pth", "b1": _TIMM + "tf_efficientnet_b1_aa-ea7a6ee0.pth",
+    "b2": _TIMM + "tf_efficientnet_b2_aa-60c94f97.pth", "b3": _TIMM + "tf_efficientnet_b3_aa-84b4657e.pth",
+    "b4": _TIMM + "tf_efficientnet_b4_aa-818f208c.pth", "b5": _TIMM_HF + "tf_efficientnet_b5_aa-99018a74.pth",
+    "b6": _TIMM + "tf_efficientnet_b6_aa-80ba17e4.pth", "b7": _TIMM_HF + "tf_efficientnet_b7_aa-076e3472.pth",
+}
+# EfficientNet-PyTorch (efficientnet_pytorch/utils.py url_map, url_map_advprop): the same TF
+# checkpoints; evaluated resized and cropped to the native size. AdvProp weights take [-1, 1].
+_LUKEMELAS_WEIGHTS = {"b0": "355c32eb", "b1": "f1951068", "b2": "8bb594d6", "b3": "5fb5a3c3",
+                      "b4": "6ed6700e", "b5": "b6417697", "b6": "c76e70fd", "b7": "dcc49843"}
+_LUKEMELAS_ADVPROP = {"b0": "b64d5a18", "b1": "0f3ce85a", "b2": "6e9d97e5", "b3": "cdd7c0f4",
+                      "b4": "44fb3a87", "b5": "86493f6b", "b6": "ac80338e", "b7": "4652b6dd"}
+_LUKEMELAS_SHA256 = {
+    "355c32eb": "355c32ebf5c7b2e19ed8f926daea5b6d71c8744a49aab3148fc90775fbaac5a3",
+    "f1951068": "f19510681ee65135bad30718410bff1f9c51452b858a6db2f61b7707e18b933d",
+    "b64d5a18": "b64d5a18952a215048ee8541f46f0d0fb253eee749f780d22c6aa57561de5c3e",
+    "0f3ce85a": "0f3ce85a0ecbc16831f7f9e6202f35dd34a6642ba571984bf5281b6aa860d47a",
+}
+# timm ports of the official Lite checkpoints (tf_efficientnet_lite*.in1k): (file, size, crop_pct, interp).
+_TIMM_LITE_WEIGHTS = {
+    "lite0": ("tf_efficientnet_lite0-0aa007d2.pth", 224, 0.875, "bicubic"),
+    "lite1": ("tf_efficientnet_lite1-bde8b488.pth", 240, 0.882, "bicubic"),
+    "lite2": ("tf_efficientnet_lite2-dcccb7df.pth", 260, 0.890, "bicubic"),
+    "lite3": ("tf_efficientnet_lite3-b733e338.pth", 300, 0.904, "bilinear"),
+    "lite4": ("tf_efficientnet_lite4-741542c3.pth", 380, 0.920, "bilinear"),
+}
+# Official archives (tensorflow/tpu models/official/efficientnet/lite/README.md), holding
+# fp32 and int8 TFLite graphs; top-1 (fp32) as that README reports it.
+_LITE_TOP1 = {"lite0": 75.1, "lite1": 76.7}
+
+
+def _add_weights(name: str, *sources: WeightSource) -> None:
+    cfg = _REGISTRY[name]
+    _REGISTRY[name] = dataclasses.replace(cfg, weights=cfg.weights + sources)
+
+
+def _register_weights() -> None:
+    for v, (file, pre) in _TIMM_WEIGHTS.items():
+        _add_weights(f"efficientnet_{v}", WeightSource("timm", _TIMM + file, "timm", pre))
+    for v, (file, crop, resize, top1) in _TORCHVISION_WEIGHTS.items():
+        overrides = (("norm_eps", 1e-3), ("norm_momentum", 0.01)) if "lukemelas" in file else ()
+        _add_weights(f"efficientnet_{v}", WeightSource("torchvision", _TV + file, "torchvision",
+                                                       _pre(crop, resize=resize), _TORCHVISION_SHA256.get(v),
+                                                       overrides, top1))
+    for v, url in _TIMM_AA_WEIGHTS.items():
+        _add_weights(f"tf_efficientnet_{v}", WeightSource("timm", url, "timm", _REGISTRY[f"tf_efficientnet_{v}"].preprocess))
+    for v, h in _LUKEMELAS_WEIGHTS.items():
+        size = EFFICIENTNET_SCALING[v].resolution
+        _add_weights(f"tf_efficientnet_{v}", WeightSource(
+            "lukemelas", f"{_LUKEMELAS}efficientnet-{v}-{h}.pth", "lukemelas", _pre(size, crop_pct=1.0),
+            _LUKEMELAS_SHA256.get(h)))
+    for v, h in _LUKEMELAS_ADVPROP.items():
+        size = EFFICIENTNET_SCALING[v].resolution
+        _add_weights(f"tf_efficientnet_{v}", WeightSource(
+            "advprop", f"{_LUKEMELAS}adv-efficientnet-{v}-{h}.pth", "lukemelas",
+            _pre(size, crop_pct=1.0, mean=_HALF, std=_HALF), _LUKEMELAS_SHA256.get(h)))
+    for v, (file, size, pct, interp) in _TIMM_LITE_WEIGHTS.items():
+        _add_weights(f"tf_efficientnet_{v}", WeightSource("timm", _TIMM + file, "timm",
+                                                          _pre(size, crop_pct=pct, interpolation=interp,
+                                                               mean=_HALF, std=_HALF)))
+    for v in LITE_SCALING:
+        _add_weights(f"tf_efficientnet_{v}", WeightSource(
+            "tflite", f"{_LITE}efficientnet-{v}.tar.gz", "tflite", _REGISTRY[f"tf_efficientnet_{v}"].preprocess,
+            top1=_LITE_TOP1.get(v)))
+
+
+_register_weights()
+
 
 def list_models(pattern: str = "*") -> list[str]:
     """Registered model names matching a shell-style ``pattern`` (``"*lite*"``), sorted naturally."""
@@ -155,42 +293,121 @@ def get_config(name: str) -> ModelConfig:
 _MODEL_OVERRIDES = ("drop_rate", "drop_path_rate", "padding", "norm_eps", "norm_momentum")
 
 
-def create_model(name: str, pretrained: bool = False, num_classes: int = 1000, in_chans: int = 3,
-                 **overrides: Any) -> nn.Module:
-    """Build a registered EfficientNet.
+def get_weight_source(name: str, tag: Union[bool, str] = True) -> WeightSource:
+    """The published weights of model ``name``: the default (``tag=True``) or the one tagged ``tag``.
+
+    Raises:
+        KeyError: unknown model, or no such tag (the message lists what there is).
+        RuntimeError: the model has no published weights.
+    """
+    cfg = get_config(name)
+    if not cfg.weights:
+        with_weights = [n for n in list_models() if _REGISTRY[n].weights]
+        raise RuntimeError(f"no pretrained weights are registered for {name!r}; models with weights: {with_weights}")
+    if tag is True:
+        return cfg.weights[0]
+    for source in cfg.weights:
+        if source.tag == tag:
+            return source
+    raise KeyError(f"{name!r} has no weights tagged {tag!r}; choose from {[w.tag for w in cfg.weights]}")
+
+
+def create_model(name: str, pretrained: Union[bool, str] = False, num_classes: int = 1000, in_chans: int = 3,
+                 weights: Optional[Union[str, os.PathLike]] = None, **overrides: Any) -> nn.Module:
+    """Build a registered EfficientNet, optionally with pretrained weights.
 
     Args:
         name: a name from :func:`list_models` (``efficientnet_b0``, ``tf_efficientnet_lite0``...).
-        pretrained: load the registered ImageNet weights.
-        num_classes: classifier outputs (0 = no classifier: the model returns pooled features).
-        in_chans: input image channels.
+        pretrained: True for the model's default published weights, or a weight tag
+            (``"torchvision"``, ``"lukemelas"``, ``"advprop"``, ``"tflite"``...; see
+            ``get_config(name).weights``). Downloaded into the cache (``EFFNET_HOME``) and
+            hash-checked.
+        num_classes: classifier outputs (0 = no classifier: the model returns pooled
+            features). A size other than the weights' keeps the pretrained backbone and
+            initialises a new classifier.
+        in_chans: input image channels; a pretrained RGB stem is adapted.
+        weights: a weight file, URL or effnet folder (:func:`from_pretrained` layout) in any
+            supported format instead of the registered weights. TFLite graphs switch the
+            model to SAME padding (unless ``padding`` is given) and set the input
+            normalisation the graph uses.
         **overrides: any of ``drop_rate``, ``drop_path_rate``, ``padding``, ``norm_eps``,
             ``norm_momentum`` to replace the registered value.
 
     Returns:
-        An :class:`~effnet.model.EfficientNet` in train mode with its config as ``model.config``.
+        An :class:`~effnet.model.EfficientNet` with its config as ``model.config`` (its
+        ``preprocess`` is that of the loaded weights), in train mode.
 
     Raises:
-        KeyError: unknown model name (with suggestions).
+        KeyError: unknown model name (with suggestions) or weight tag.
         TypeError: an unknown override.
-        RuntimeError: ``pretrained=True`` for a model with no registered weights.
+        RuntimeError: ``pretrained`` for a model with no published weights.
+        effnet.weights errors: download, hash, file format, key/shape mismatch.
     """
     cfg = get_config(name)
     unknown = sorted(set(overrides) - set(_MODEL_OVERRIDES))
     if unknown:
         raise TypeError(f"unknown override(s) {unknown} for create_model; allowed: {list(_MODEL_OVERRIDES)}")
+    if pretrained and weights is not None:
+        raise ValueError("give either pretrained or weights, not both")
+    source = get_weight_source(name, pretrained) if pretrained else None
+    loaded, preprocess = None, cfg.preprocess
+    if source is not None:
+        overrides = {**dict(source.overrides), **overrides}
+        preprocess = source.preprocess
+    elif weights is not None:
+        path = resolve_source_path(weights)
+        if path.is_dir():
+            from .weights import CONFIG_NAME
+            from .weights.formats import read_json
+            saved = read_json(path / CONFIG_NAME)
+            pre = saved["preprocess"]
+            preprocess = PreprocessConfig(pre["input_size"], pre["crop_pct"], pre["interpolation"],
+                                          tuple(pre["mean"]), tuple(pre["std"]))
+        else:
+            loaded = read_weight_file(path)
+            if loaded[0] == "tflite":
+                overrides.setdefault("padding", "same")
     kwargs = dict(drop_rate=cfg.scaling.dropout, drop_path_rate=cfg.drop_path_rate, padding=cfg.padding,
                   norm_eps=cfg.norm_eps, norm_momentum=cfg.norm_momentum)
     kwargs.update(overrides)
     cfg = dataclasses.replace(
         cfg, scaling=dataclasses.replace(cfg.scaling, dropout=kwargs["drop_rate"]),
         padding=kwargs["padding"], norm_eps=kwargs["norm_eps"], norm_momentum=kwargs["norm_momentum"],
-        drop_path_rate=kwargs["drop_path_rate"])
+        drop_path_rate=kwargs["drop_path_rate"], preprocess=preprocess)
     model = EfficientNet(cfg.network, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    if source is not None:
+        report = load_weights(model, source.url, sha256=source.sha256)
+    elif weights is not None:
+        report = load_weights(model, loaded if loaded is not None else weights)
+    else:
+        report = None
+    if report and report.get("mean"):
+        cfg = dataclasses.replace(cfg, preprocess=dataclasses.replace(cfg.preprocess, mean=report["mean"],
+                                                                       std=report["std"]))
     model.config = cfg
-    if pretrained:
-        if not cfg.weights:
-            raise RuntimeError(f"no pretrained weights are registered for {name!r}; "
-                               f"models with weights: {[n for n in list_models() if _REGISTRY[n].weights]}")
     return model
 
+
+def from_pretrained(directory: Union[str, os.PathLike]) -> nn.Module:
+    """Rebuild a model saved by ``model.save_pretrained(directory)``, in eval mode.
+
+    The config names the model, its overrides, ``num_classes``, ``in_chans``, class names
+    and preprocessing; the weights are safetensors.
+
+    Raises:
+        FileNotFoundError: no effnet config in ``directory``.
+        effnet.weights errors: unreadable or mismatched weights.
+    """
+    from .weights import CONFIG_NAME
+    from .weights.formats import WeightFileError, read_json
+
+    directory = Path(directory)
+    if not (directory / CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}; expected a folder written by save_pretrained")
+    saved = read_json(directory / CONFIG_NAME)
+    if saved.get("format") != "effnet":
+        raise WeightFileError(f"{directory / CONFIG_NAME} is not an effnet config (format={saved.get('format')!r})")
+    model = create_model(saved["model"], num_classes=saved["num_classes"], in_chans=saved["in_chans"],
+                         weights=directory, **saved["overrides"])
+    model.class_names = list(saved.get("class_names") or []) or None
+    return model.eval()

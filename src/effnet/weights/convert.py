@@ -1,0 +1,183 @@
+"""Other projects' EfficientNet state dicts -> effnet's, by explicit key maps.
+
+effnet's names (``model.state_dict()``)::
+
+    stem.conv, stem.bn                                   stem 3x3 conv + BN
+    stages.S.B.expand.conv/.bn                           MBConv expand 1x1 (absent when ratio 1)
+    stages.S.B.depthwise.conv/.bn                        depthwise kxk
+    stages.S.B.se.reduce, stages.S.B.se.expand           squeeze-and-excitation 1x1 convs (bias)
+    stages.S.B.project.conv/.bn                          projection 1x1
+    head.conv, head.bn                                   head 1x1 conv + BN
+    classifier                                           Linear
+
+Each ``conv``/``bn`` carries the usual ``weight``, ``bias``, ``running_mean``,
+``running_var``, ``num_batches_tracked`` leaves; the maps below rename module paths and
+keep the leaf. Tensor layouts are identical in all three projects (PyTorch OIHW), so no
+tensor is transposed.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+__all__ = ["FORMATS", "detect_format", "convert_state_dict", "TIMM_TOP", "TIMM_INVERTED_RESIDUAL",
+           "TIMM_DEPTHWISE_SEPARABLE", "TORCHVISION_BLOCK_LAYERS", "LUKEMELAS_TOP", "LUKEMELAS_BLOCK"]
+
+# The key whose presence identifies each layout.
+FORMATS: Dict[str, str] = {
+    "effnet": "stem.conv.weight",
+    "timm": "conv_stem.weight",                  # timm efficientnet_* and tf_efficientnet_*
+    "torchvision": "features.0.0.weight",        # torchvision.models.efficientnet_b*
+    "lukemelas": "_conv_stem.weight",            # EfficientNet-PyTorch (efficientnet_pytorch)
+}
+
+# timm (timm/models/efficientnet.py, _efficientnet_blocks.py).
+TIMM_TOP = {"conv_stem": "stem.conv", "bn1": "stem.bn", "conv_head": "head.conv", "bn2": "head.bn",
+            "classifier": "classifier"}
+# blocks.S.B.* of an InvertedResidual (expand ratio > 1).
+TIMM_INVERTED_RESIDUAL = {"conv_pw": "expand.conv", "bn1": "expand.bn", "conv_dw": "depthwise.conv",
+                          "bn2": "depthwise.bn", "se.conv_reduce": "se.reduce", "se.conv_expand": "se.expand",
+                          "conv_pwl": "project.conv", "bn3": "project.bn"}
+# blocks.S.B.* of a DepthwiseSeparableConv (expand ratio 1): conv_pw is the *projection* here.
+TIMM_DEPTHWISE_SEPARABLE = {"conv_dw": "depthwise.conv", "bn1": "depthwise.bn", "se.conv_reduce": "se.reduce",
+                            "se.conv_expand": "se.expand", "conv_pw": "project.conv", "bn2": "project.bn"}
+
+# torchvision (torchvision/models/efficientnet.py): features.0 = stem (0 conv, 1 BN),
+# features.1..N = stages, features.N+1 = head, classifier.1 = Linear. Inside a block,
+# block.I are its layers in order (conv-norm layers: .0 conv, .1 BN; SE: fc1, fc2).
+TORCHVISION_BLOCK_LAYERS = {4: ("expand", "depthwise", "se", "project"), 3: ("depthwise", "se", "project")}
+TORCHVISION_CONV_NORM = {"0": "conv", "1": "bn"}
+TORCHVISION_SE = {"fc1": "reduce", "fc2": "expand"}
+
+# EfficientNet-PyTorch (efficientnet_pytorch/model.py): blocks numbered flat, _blocks.K.
+LUKEMELAS_TOP = {"_conv_stem": "stem.conv", "_bn0": "stem.bn", "_conv_head": "head.conv", "_bn1": "head.bn",
+                 "_fc": "classifier"}
+LUKEMELAS_BLOCK = {"_expand_conv": "expand.conv", "_bn0": "expand.bn", "_depthwise_conv": "depthwise.conv",
+                   "_bn1": "depthwise.bn", "_se_reduce": "se.reduce", "_se_expand": "se.expand",
+                   "_project_conv": "project.conv", "_bn2": "project.bn"}
+
+
+def detect_format(state_dict: Dict[str, torch.Tensor]) -> str:
+    """Which project's layout a state dict has (see :data:`FORMATS`).
+
+    Raises:
+        KeyError: no known layout; the message shows the first keys found.
+    """
+    for fmt, key in FORMATS.items():
+        if key in state_dict:
+            return fmt
+    raise KeyError(f"unrecognised EfficientNet state dict: none of {sorted(FORMATS.values())} is present; "
+                   f"first keys: {list(state_dict)[:6]}")
+
+
+def _rename(rest: str, table: Dict[str, str]) -> Optional[str]:
+    """Map ``module.path.leaf`` through ``table`` (longest module prefix first)."""
+    for src in sorted(table, key=len, reverse=True):
+        if rest.startswith(src + "."):
+            return table[src] + rest[len(src):]
+    return None
+
+
+def _convert_timm(sd: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    out, unmapped = {}, []
+    for key, value in sd.items():
+        m = re.match(r"blocks\.(\d+)\.(\d+)\.(.+)$", key)
+        if m:
+            s, b, rest = m.groups()
+            table = TIMM_INVERTED_RESIDUAL if f"blocks.{s}.{b}.conv_pwl.weight" in sd else TIMM_DEPTHWISE_SEPARABLE
+            new = _rename(rest, table)
+            new = f"stages.{s}.{b}.{new}" if new else None
+        else:
+            new = _rename(key, TIMM_TOP)
+        if new is None:
+            unmapped.append(key)
+        else:
+            out[new] = value
+    return out, unmapped
+
+
+def _convert_torchvision(sd: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    feature_ids = {int(k.split(".")[1]) for k in sd if k.startswith("features.")}
+    head_id = max(feature_ids)
+    layer_counts: Dict[Tuple[str, str], set] = {}
+    for k in sd:
+        m = re.match(r"features\.(\d+)\.(\d+)\.block\.(\d+)\.", k)
+        if m:
+            layer_counts.setdefault(m.groups()[:2], set()).add(m.group(3))
+    out, unmapped = {}, []
+    for key, value in sd.items():
+        new = None
+        m = re.match(r"features\.(\d+)\.(\d+)\.block\.(\d+)\.(.+)$", key)
+        if m:
+            s, b, i, rest = m.groups()
+            layers = TORCHVISION_BLOCK_LAYERS.get(len(layer_counts[(s, b)]))
+            if layers is not None and int(i) < len(layers):
+                layer = layers[int(i)]
+                sub = _rename(rest, TORCHVISION_SE if layer == "se" else TORCHVISION_CONV_NORM)
+                new = f"stages.{int(s) - 1}.{b}.{layer}.{sub}" if sub else None
+        else:
+            m = re.match(r"features\.(\d+)\.(.+)$", key)
+            if m and int(m.group(1)) in (0, head_id):
+                part = "stem" if m.group(1) == "0" else "head"
+                sub = _rename(m.group(2), TORCHVISION_CONV_NORM)
+                new = f"{part}.{sub}" if sub else None
+            elif key.startswith("classifier.1."):
+                new = "classifier." + key[len("classifier.1."):]
+        if new is None:
+            unmapped.append(key)
+        else:
+            out[new] = value
+    return out, unmapped
+
+
+def _convert_lukemelas(sd: Dict[str, torch.Tensor], model: nn.Module) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    block_ids = [(s, b) for s, stage in enumerate(model.stages) for b in range(len(stage))]
+    out, unmapped = {}, []
+    for key, value in sd.items():
+        new = None
+        m = re.match(r"_blocks\.(\d+)\.(.+)$", key)
+        if m:
+            k, rest = int(m.group(1)), m.group(2)
+            sub = _rename(rest, LUKEMELAS_BLOCK)
+            if sub and k < len(block_ids):
+                s, b = block_ids[k]
+                new = f"stages.{s}.{b}.{sub}"
+        else:
+            new = _rename(key, LUKEMELAS_TOP)
+        if new is None:
+            unmapped.append(key)
+        else:
+            out[new] = value
+    return out, unmapped
+
+
+def convert_state_dict(state_dict: Dict[str, torch.Tensor], model: nn.Module
+                       ) -> Tuple[Dict[str, torch.Tensor], str, List[str]]:
+    """Rename another project's EfficientNet state dict to effnet's keys.
+
+    Args:
+        state_dict: tensors in timm, torchvision, EfficientNet-PyTorch or effnet layout.
+        model: the target :class:`~effnet.model.EfficientNet` (its block layout numbers
+            EfficientNet-PyTorch's flat block indices).
+
+    Returns:
+        ``(converted, format, unmapped)``: tensors under effnet keys, the detected format,
+        and the source keys no map rule covers (reported as unexpected by the loader).
+
+    Raises:
+        KeyError: unrecognised layout.
+    """
+    fmt = detect_format(state_dict)
+    if fmt == "effnet":
+        return dict(state_dict), fmt, []
+    if fmt == "timm":
+        out, unmapped = _convert_timm(state_dict)
+    elif fmt == "torchvision":
+        out, unmapped = _convert_torchvision(state_dict)
+    else:
+        out, unmapped = _convert_lukemelas(state_dict, model)
+    return out, fmt, unmapped
