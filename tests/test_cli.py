@@ -46,3 +46,52 @@ def test_predict_reports_and_skips_bad_files(tmp_path, data, capsys):
         assert len(probs) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
     assert "skipped: cannot decode image" in captured.err and "broken.jpg" in captured.err
     assert "2 images (1 skipped)" in captured.err
+
+
+def test_evaluate_on_labels_csv_with_reference_weights(data, capsys):
+    weights = data / "reference" / "torchvision_efficientnet_b0.pth"
+    argv = ["evaluate", "--model", "efficientnet_b0", "--weights", str(weights),
+            "--data", str(data / "imagenet-samples" / "labels.csv"), "--json", "--workers", "0"]
+    assert main(argv) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["images"] == 304 and r["skipped"] == 0 and r["images_per_s"] > 0
+    # The reference weights are untrained (SOURCES.md): accuracy is at chance, top-5 >= top-1.
+    assert 0 <= r["top1"] <= r["top5"] <= 5.0
+
+
+def test_evaluate_on_folder_counts_unreadable_images(tmp_path, data, capsys):
+    for cls in ("ants", "bees"):
+        (tmp_path / cls).mkdir()
+        for f in sorted((data / "finetune" / "hymenoptera_data" / "val" / cls).iterdir())[:3]:
+            (tmp_path / cls / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "bees" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    tflite = data / "weights" / "efficientnet-lite0_int8_modelmaker_3class.tflite"
+    with pytest.warns(UserWarning, match="corrupt.jpg"):
+        assert main(["evaluate", "--model", "efficientnet_lite0", "--weights", str(tflite),
+                     "--data", str(tmp_path), "--json", "--workers", "0"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["images"] == 6 and r["skipped"] == 1
+
+
+def test_predict_with_weights_and_saved_folder(tmp_path, data, capsys):
+    import effnet
+
+    weights = data / "reference" / "lukemelas_efficientnet-b0.pth"
+    image = data / "imagenet-samples" / "images" / "n01443537_goldfish.JPEG"
+    assert main(["predict", str(image), "--model", "tf_efficientnet_b0", "--weights", str(weights), "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)[0]["top"]
+    assert len(first) == 5 and isinstance(first[0]["name"], str)
+    model = effnet.create_model("efficientnet_lite0", num_classes=None,
+                                weights=data / "weights" / "efficientnet-lite0_int8_modelmaker_3class.tflite")
+    model.save_pretrained(tmp_path / "best", class_names=["AD", "CN", "MCI"])
+    assert main(["predict", str(image), "--weights", str(tmp_path / "best"), "--topk", "3", "--json"]) == 0
+    top = json.loads(capsys.readouterr().out)[0]["top"]
+    assert sorted(t["name"] for t in top) == ["AD", "CN", "MCI"]
+    assert abs(sum(t["prob"] for t in top) - 1.0) < 1e-4
+
+
+def test_bad_weight_file_is_an_error_not_a_traceback(tmp_path, data, capsys):
+    (tmp_path / "empty.pth").write_bytes(b"")
+    image = data / "imagenet-samples" / "images" / "n01443537_goldfish.JPEG"
+    assert main(["predict", str(image), "--model", "efficientnet_b0", "--weights", str(tmp_path / "empty.pth")]) == 1
+    assert "is empty" in capsys.readouterr().err

@@ -68,27 +68,45 @@ def _collect_images(inputs: Sequence[str]) -> list[Path]:
     return files
 
 
-def _class_names(num_classes: int) -> list[str]:
-    """ImageNet class names from the shared data folder when the model has 1000 classes."""
+def _class_names(model) -> list[str]:
+    """The model's own class names, ImageNet's for a 1000-class model, else class_<i>."""
     from .data import data_dir
 
+    if getattr(model, "class_names", None):
+        return list(model.class_names)
     labels = data_dir() / "imagenet-samples" / "meta" / "labels_map.txt"
-    if num_classes == 1000 and labels.is_file():
+    if model.num_classes == 1000 and labels.is_file():
         mapping = json.loads(labels.read_text())
         return [mapping[str(i)] for i in range(1000)]
-    return [f"class_{i}" for i in range(num_classes)]
+    return [f"class_{i}" for i in range(model.num_classes)]
+
+
+def _build_model(args: argparse.Namespace):
+    """The model the --model/--weights/--pretrained arguments ask for, in eval mode."""
+    from .registry import create_model, from_pretrained
+    from .weights import CONFIG_NAME
+
+    if args.weights and Path(args.weights).is_dir() and (Path(args.weights) / CONFIG_NAME).is_file():
+        return from_pretrained(args.weights)
+    if args.model is None:
+        raise SystemExit("error: --model is required unless --weights is an effnet folder (from save_pretrained)")
+    if args.weights:
+        return create_model(args.model, weights=args.weights, num_classes=None).eval()
+    if args.pretrained:
+        return create_model(args.model, pretrained=args.pretrained).eval()
+    print(f"note: {args.model} has random weights (no --weights or --pretrained); predictions are meaningless",
+          file=sys.stderr)
+    return create_model(args.model).eval()
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
     from .data import ImageDecodeError, eval_transform, load_image
-    from .registry import create_model
 
-    model = create_model(args.model).eval()
-    print(f"note: {args.model} has random weights; predictions are meaningless", file=sys.stderr)
+    model = _build_model(args)
     transform = eval_transform(model.config)
-    names = _class_names(model.num_classes)
+    names = _class_names(model)
     files = _collect_images(args.inputs)
     results, failed = [], 0
     t_decode = t_model = 0.0
@@ -130,10 +148,37 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0 if n or not files else 1
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .data import ImageDataset, eval_transform
+    from .evaluation import evaluate
+
+    model = _build_model(args)
+    transform = eval_transform(model.config)
+    data = Path(args.data)
+    if data.is_file():
+        dataset = ImageDataset.from_csv(data, transform, root=args.root)
+    else:
+        dataset = ImageDataset.from_folder(data, transform)
+    r = evaluate(model, dataset, batch_size=args.batch_size, workers=args.workers, progress=not args.json)
+    if args.json:
+        print(json.dumps(r))
+    else:
+        print(f"top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  over {r['images']} images "
+              f"({r['skipped']} skipped), {r['images_per_s']:.1f} images/s")
+    return 0
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="model name (effnet models); optional with an effnet --weights folder")
+    p.add_argument("--weights", default=None, help="weight file, URL or effnet folder (any supported format)")
+    p.add_argument("--pretrained", nargs="?", const=True, default=None,
+                   help="use the registered ImageNet weights (optionally a tag: timm, torchvision, ...)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="effnet", description="EfficientNet models: list, inspect, predict.")
+    parser = argparse.ArgumentParser(prog="effnet", description="EfficientNet models: list, inspect, predict, evaluate.")
     parser.add_argument("--version", action="version", version=f"effnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -145,14 +190,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.set_defaults(func=_cmd_info)
 
-    p = sub.add_parser("predict", help="top-k ImageNet classes of images or folders of images")
+    p = sub.add_parser("predict", help="top-k classes of images or folders of images")
     p.add_argument("inputs", nargs="+", help="image files or folders (searched recursively)")
-    p.add_argument("--model", default="efficientnet_b0")
+    _add_model_args(p)
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--json", action="store_true", help="print results as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="print batch shapes")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("evaluate", help="top-1 / top-5 over an image folder (class subfolders) or a labels CSV")
+    _add_model_args(p)
+    p.add_argument("--data", required=True, help="folder of <class>/<image>, or a CSV with file,class_index")
+    p.add_argument("--root", default=None, help="folder the CSV's file names are relative to")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes decoding images")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_evaluate)
     return parser
 
 
@@ -164,6 +218,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyError as e:  # unknown model names carry their suggestion in the message
         print(f"error: {e.args[0]}", file=sys.stderr)
         return 2
+    except (OSError, ValueError, RuntimeError) as e:   # bad files, downloads, mismatched weights
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@ EfficientNet-PyTorch) with Pillow alone, so the same pixels come out without tor
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
-from typing import Callable, Union
+from typing import Callable, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -26,6 +27,8 @@ __all__ = [
     "center_crop",
     "to_tensor",
     "eval_transform",
+    "ImageDataset",
+    "collate_skip",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -126,3 +129,93 @@ def eval_transform(config: Union[PreprocessConfig, ModelConfig]) -> Callable[[Im
         return to_tensor(center_crop(img, pre.input_size), pre.mean, pre.std)
 
     return transform
+
+
+# ---- datasets ---------------------------------------------------------------------------------
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Labelled image files, decoded and transformed on access (in DataLoader workers).
+
+    An unreadable image does not raise: its item carries ``None`` in place of the tensor
+    and :func:`collate_skip` drops it and reports its path, so a run counts and names
+    corrupt files instead of crashing.
+
+    Args:
+        samples: (path, class index) pairs.
+        transform: Pillow image -> tensor (e.g. :func:`eval_transform`).
+        classes: class names by index, when known.
+
+    Items: ``(tensor (3, H, W) float32 or None, label int, path str)``.
+    """
+
+    def __init__(self, samples: List[Tuple[Path, int]], transform: Callable[[Image.Image], torch.Tensor],
+                 classes: Optional[List[str]] = None) -> None:
+        self.samples = [(Path(p), int(y)) for p, y in samples]
+        self.transform = transform
+        self.classes = classes
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        path, label = self.samples[i]
+        try:
+            return self.transform(load_image(path)), label, str(path)
+        except (ImageDecodeError, FileNotFoundError):
+            return None, label, str(path)
+
+    @classmethod
+    def from_folder(cls, root: Union[str, os.PathLike], transform: Callable, classes: Optional[List[str]] = None
+                    ) -> "ImageDataset":
+        """Images under ``root/<class>/`` (any depth); classes are the sorted folder names.
+
+        Raises:
+            FileNotFoundError: ``root`` missing, or it holds no class folder with images.
+        """
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"image folder not found: {root}")
+        names = classes or sorted(d.name for d in root.iterdir() if d.is_dir())
+        samples = [(f, i) for i, c in enumerate(names) if (root / c).is_dir()
+                   for f in sorted((root / c).rglob("*")) if f.suffix.lower() in IMAGE_EXTENSIONS]
+        if not samples:
+            raise FileNotFoundError(f"{root} has no images in class subfolders (expected {root}/<class>/<image>)")
+        return cls(samples, transform, names)
+
+    @classmethod
+    def from_csv(cls, csv_path: Union[str, os.PathLike], transform: Callable,
+                 root: Optional[Union[str, os.PathLike]] = None) -> "ImageDataset":
+        """Images listed in a CSV with ``file`` and ``class_index`` columns (a header row).
+
+        File names are resolved against ``root`` (default: the CSV's folder), then
+        ``root/images``.
+
+        Raises:
+            ValueError: the CSV lacks those columns.
+        """
+        csv_path = Path(csv_path)
+        base = Path(root) if root is not None else csv_path.parent
+        with open(csv_path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        if not rows or not {"file", "class_index"} <= set(rows[0]):
+            raise ValueError(f"{csv_path} needs a header with 'file' and 'class_index' columns")
+        samples = []
+        for r in rows:
+            p = base / r["file"]
+            if not p.exists() and (base / "images" / r["file"]).exists():
+                p = base / "images" / r["file"]
+            samples.append((p, int(r["class_index"])))
+        return cls(samples, transform)
+
+
+def collate_skip(batch):
+    """Collate ``ImageDataset`` items, dropping unreadable ones.
+
+    Returns:
+        ``(images (N, 3, H, W) or None, labels (N,) int64, skipped paths list)``.
+    """
+    good = [b for b in batch if b[0] is not None]
+    skipped = [b[2] for b in batch if b[0] is None]
+    if not good:
+        return None, torch.empty(0, dtype=torch.long), skipped
+    return torch.stack([b[0] for b in good]), torch.tensor([b[1] for b in good]), skipped

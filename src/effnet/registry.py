@@ -312,7 +312,7 @@ def get_weight_source(name: str, tag: Union[bool, str] = True) -> WeightSource:
     raise KeyError(f"{name!r} has no weights tagged {tag!r}; choose from {[w.tag for w in cfg.weights]}")
 
 
-def create_model(name: str, pretrained: Union[bool, str] = False, num_classes: int = 1000, in_chans: int = 3,
+def create_model(name: str, pretrained: Union[bool, str] = False, num_classes: Optional[int] = 1000, in_chans: int = 3,
                  weights: Optional[Union[str, os.PathLike]] = None, **overrides: Any) -> nn.Module:
     """Build a registered EfficientNet, optionally with pretrained weights.
 
@@ -324,7 +324,8 @@ def create_model(name: str, pretrained: Union[bool, str] = False, num_classes: i
             hash-checked.
         num_classes: classifier outputs (0 = no classifier: the model returns pooled
             features). A size other than the weights' keeps the pretrained backbone and
-            initialises a new classifier.
+            initialises a new classifier. None: the size of the loaded weights' classifier
+            (1000 without weights).
         in_chans: input image channels; a pretrained RGB stem is adapted.
         weights: a weight file, URL or effnet folder (:func:`from_pretrained` layout) in any
             supported format instead of the registered weights. TFLite graphs switch the
@@ -360,6 +361,7 @@ def create_model(name: str, pretrained: Union[bool, str] = False, num_classes: i
             from .weights import CONFIG_NAME
             from .weights.formats import read_json
             saved = read_json(path / CONFIG_NAME)
+            num_classes = saved["num_classes"] if num_classes is None else num_classes
             pre = saved["preprocess"]
             preprocess = PreprocessConfig(pre["input_size"], pre["crop_pct"], pre["interpolation"],
                                           tuple(pre["mean"]), tuple(pre["std"]))
@@ -367,6 +369,10 @@ def create_model(name: str, pretrained: Union[bool, str] = False, num_classes: i
             loaded = read_weight_file(path)
             if loaded[0] == "tflite":
                 overrides.setdefault("padding", "same")
+            if num_classes is None:
+                num_classes = _weights_num_classes(*loaded)
+    if num_classes is None:
+        num_classes = 1000
     kwargs = dict(drop_rate=cfg.scaling.dropout, drop_path_rate=cfg.drop_path_rate, padding=cfg.padding,
                   norm_eps=cfg.norm_eps, norm_momentum=cfg.norm_momentum)
     kwargs.update(overrides)
@@ -378,7 +384,7 @@ def create_model(name: str, pretrained: Union[bool, str] = False, num_classes: i
     if source is not None:
         report = load_weights(model, source.url, sha256=source.sha256)
     elif weights is not None:
-        report = load_weights(model, loaded if loaded is not None else weights)
+        report = load_weights(model, loaded if loaded is not None else weights, name=str(weights))
     else:
         report = None
     if report and report.get("mean"):
@@ -386,6 +392,16 @@ def create_model(name: str, pretrained: Union[bool, str] = False, num_classes: i
                                                                        std=report["std"]))
     model.config = cfg
     return model
+
+
+def _weights_num_classes(kind: str, obj: Any) -> int:
+    from .weights.convert import classifier_size
+    from .weights.tflite import tflite_num_classes
+
+    try:
+        return tflite_num_classes(obj) if kind == "tflite" else classifier_size(obj)
+    except KeyError:          # unknown layout: the loader reports it properly
+        return 1000
 
 
 def from_pretrained(directory: Union[str, os.PathLike]) -> nn.Module:

@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-__all__ = ["FORMATS", "detect_format", "convert_state_dict", "TIMM_TOP", "TIMM_INVERTED_RESIDUAL",
+__all__ = ["FORMATS", "CLASSIFIER_KEYS", "classifier_size", "detect_format", "convert_state_dict", "TIMM_TOP", "TIMM_INVERTED_RESIDUAL",
            "TIMM_DEPTHWISE_SEPARABLE", "TORCHVISION_BLOCK_LAYERS", "LUKEMELAS_TOP", "LUKEMELAS_BLOCK"]
 
 # The key whose presence identifies each layout.
@@ -59,6 +59,17 @@ LUKEMELAS_TOP = {"_conv_stem": "stem.conv", "_bn0": "stem.bn", "_conv_head": "he
 LUKEMELAS_BLOCK = {"_expand_conv": "expand.conv", "_bn0": "expand.bn", "_depthwise_conv": "depthwise.conv",
                    "_bn1": "depthwise.bn", "_se_reduce": "se.reduce", "_se_expand": "se.expand",
                    "_project_conv": "project.conv", "_bn2": "project.bn"}
+
+
+# The classifier weight of each layout (rows = classes).
+CLASSIFIER_KEYS = {"effnet": "classifier.weight", "timm": "classifier.weight",
+                   "torchvision": "classifier.1.weight", "lukemelas": "_fc.weight"}
+
+
+def classifier_size(state_dict: Dict[str, torch.Tensor]) -> int:
+    """Number of classes of a state dict's classifier (0 when it has none)."""
+    w = state_dict.get(CLASSIFIER_KEYS[detect_format(state_dict)])
+    return int(w.shape[0]) if w is not None else 0
 
 
 def detect_format(state_dict: Dict[str, torch.Tensor]) -> str:

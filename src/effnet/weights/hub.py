@@ -106,7 +106,10 @@ def fetch(url: str, sha256: Optional[str] = None, filename: Optional[str] = None
 
     target = cache_dir() / name
     if target.is_file():
-        return target            # only verified downloads are ever renamed into the cache
+        # Downloads are verified before they are renamed into place; a file put there by
+        # hand is checked here, whenever a hash is known.
+        _check_hash(file_sha256(target), sha256, prefix, f"cached {target} (delete it to download again)")
+        return target
     where = f"download it from {url} and save it as {target}"
     if os.environ.get("EFFNET_OFFLINE", "") not in ("", "0"):
         raise DownloadError(f"EFFNET_OFFLINE is set and {name} is not in the cache; {where}")

@@ -111,8 +111,8 @@ def load_state_dict(model: nn.Module, state_dict: Dict[str, torch.Tensor], sourc
         optional |= {k for k in target if k.startswith("classifier.")}
     missing = [k for k in target if k not in sd and k not in optional]
     unexpected = list(unmapped) + [k for k in sd if k not in target]
-    mismatched = [(k, tuple(sd[k].shape), tuple(target[k].shape)) for k in sd
-                  if k in target and sd[k].shape != target[k].shape]
+    mismatched = [(k, tuple(sd[k].shape), tuple(target[k].shape)) for k in target   # model order: stem first
+                  if k in sd and sd[k].shape != target[k].shape]
     if missing or unexpected or mismatched:
         raise WeightMismatchError(source, missing, unexpected, mismatched)
     with torch.no_grad():
@@ -122,7 +122,7 @@ def load_state_dict(model: nn.Module, state_dict: Dict[str, torch.Tensor], sourc
 
 
 def load_weights(model: nn.Module, source: Union[str, os.PathLike, Tuple[str, Any]],
-                 sha256: Optional[str] = None) -> Dict[str, Any]:
+                 sha256: Optional[str] = None, name: Optional[str] = None) -> Dict[str, Any]:
     """Load a weight file, URL or effnet folder into ``model`` (in place).
 
     The format is told from the content: safetensors or torch pickles in the timm,
@@ -134,6 +134,7 @@ def load_weights(model: nn.Module, source: Union[str, os.PathLike, Tuple[str, An
         source: path, URL, or an already read ``(kind, object)`` pair from
             :func:`~effnet.weights.formats.read_weight_file`.
         sha256: expected hash for URLs (else the hash prefix in the file name is checked).
+        name: how error messages name the source (default: its path).
 
     Returns:
         A report: ``format``, ``classifier_loaded``, ``stem_adapted`` and, for TFLite,
@@ -144,13 +145,14 @@ def load_weights(model: nn.Module, source: Union[str, os.PathLike, Tuple[str, An
         WeightMismatchError (keys/shapes, listed), ValueError (TFLite graph mismatch).
     """
     if isinstance(source, tuple):
-        (kind, obj), name = source, "weights"
+        kind, obj = source
+        name = name or "weights"
     else:
         path = resolve_source_path(source, sha256)
         if path.is_dir():
             path = path / WEIGHTS_NAME
         kind, obj = read_weight_file(path)
-        name = str(path)
+        name = name or str(path)
     if kind == "tflite":
         from .tflite import tflite_state_dict
 

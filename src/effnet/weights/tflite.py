@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["TFLiteInfo", "tflite_state_dict"]
+__all__ = ["TFLiteInfo", "tflite_state_dict", "tflite_num_classes"]
 
 # tflite.TensorType values -> numpy dtypes (schema.fbs).
 _DTYPES = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 9: np.int8}
@@ -221,3 +221,13 @@ def tflite_state_dict(buf: bytes, model: nn.Module) -> Tuple[Dict[str, torch.Ten
                                                  .astype(np.float32))
     mean, std = _input_function(graph, pre_ops)
     return sd, TFLiteInfo(mean, std, num_classes, len(convs), quantized)
+
+
+def tflite_num_classes(buf: bytes) -> int:
+    """Outputs of the graph's last FULLY_CONNECTED layer (0 if it has none: a feature extractor)."""
+    graph = _Graph(buf)
+    n = 0
+    for name, op in graph.ops():
+        if name == "FULLY_CONNECTED":
+            n = int(graph.tensor(op.InputsAsNumpy()[1]).ShapeAsNumpy()[0])
+    return n
