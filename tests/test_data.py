@@ -79,3 +79,17 @@ def test_bad_images_give_clear_errors(tmp_path, data):
     Image.new("RGB", (1, 1), (10, 20, 30)).save(tmp_path / "tiny.png")
     x = eval_transform(get_config("efficientnet_b0"))(load_image(tmp_path / "tiny.png"))
     assert x.shape == (3, 224, 224)
+
+
+def test_cmyk_and_alpha_images_become_rgb(tmp_path):
+    Image.new("CMYK", (8, 6), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg")
+    rgba = Image.new("RGBA", (8, 6), (10, 200, 30, 128))
+    rgba.save(tmp_path / "alpha.png")
+    la = Image.new("LA", (8, 6), (90, 255))
+    la.save(tmp_path / "la.png")
+    for name in ("cmyk.jpg", "alpha.png", "la.png"):
+        img = load_image(tmp_path / name)
+        assert img.mode == "RGB" and img.size == (8, 6)
+    r, g, b = load_image(tmp_path / "cmyk.jpg").getpixel((4, 3))
+    assert r > 200 and g < 60 and b < 60          # CMYK (0, 255, 255, 0) is red
+    assert load_image(tmp_path / "alpha.png").getpixel((0, 0)) == (10, 200, 30)

@@ -57,6 +57,7 @@ def cosines(a, b):
     return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
+@pytest.mark.filterwarnings("ignore:Warning. Enabling .experimental_preserve_all_tensors")
 def test_lite0_features_match_the_interpreter(tflite_path, photos, interpreter_features):
     model = effnet.create_model("efficientnet_lite0", num_classes=3, weights=tflite_path).eval()
     assert model.config.padding == "same"           # switched for a TF graph
@@ -76,6 +77,7 @@ def test_graph_input_function_is_kept(tflite_path):
     assert model.num_classes == 1000       # the 3-class head of the file is not forced on the model
 
 
+@pytest.mark.filterwarnings("ignore:Warning. Enabling .experimental_preserve_all_tensors")
 def test_wrong_padding_is_visibly_worse(tflite_path, photos, interpreter_features):
     model = effnet.create_model("efficientnet_lite0", weights=tflite_path, padding="symmetric").eval()
     cos = cosines(effnet_features(model, photos[:48]), interpreter_features[:48])
