@@ -68,12 +68,25 @@ def test_lite0_features_match_the_interpreter(tflite_path, photos, interpreter_f
 
 
 def test_graph_input_function_is_kept(tflite_path):
-    # The graph computes (pixel / 255) * 255 - 127 before the stem (QUANTIZE, MUL, ADD).
+    # The graph computes x = pixel - 127 before the stem (QUANTIZE, MUL by 255, ADD -127).
+    # effnet feeds the official Lite normalisation, x' = (pixel - 127) / 128, to a stem kernel
+    # scaled by 128: the same function, with inputs in [-1, 1] for training.
+    import tflite
+
     model = effnet.create_model("efficientnet_lite0", weights=tflite_path)
     pre = model.config.preprocess
-    assert pre.mean == pytest.approx((127 / 255,) * 3) and pre.std == pytest.approx((1 / 255,) * 3)
+    assert pre.mean == pytest.approx((127 / 255,) * 3) and pre.std == pytest.approx((128 / 255,) * 3)
     x = to_tensor(np.full((4, 4, 3), 200, np.uint8), pre.mean, pre.std)
-    torch.testing.assert_close(x, torch.full((3, 4, 4), 73.0))
+    torch.testing.assert_close(x, torch.full((3, 4, 4), 73.0 / 128))
+    # The graph's own stem kernel, read and dequantized here independently (OHWI int8, per-channel scale).
+    g = tflite.Model.GetRootAsModel(tflite_path.read_bytes(), 0).Subgraphs(0)
+    m = tflite.Model.GetRootAsModel(tflite_path.read_bytes(), 0)
+    conv = next(g.Operators(i) for i in range(g.OperatorsLength())
+                if m.OperatorCodes(g.Operators(i).OpcodeIndex()).BuiltinCode() == tflite.BuiltinOperator.CONV_2D)
+    t = g.Tensors(conv.InputsAsNumpy()[1])
+    q = np.frombuffer(m.Buffers(t.Buffer()).DataAsNumpy().tobytes(), np.int8).reshape(t.ShapeAsNumpy())
+    w = q.astype(np.float64) * t.Quantization().ScaleAsNumpy().reshape(-1, 1, 1, 1)
+    np.testing.assert_allclose(model.stem.conv.weight.detach().numpy(), 128 * w.transpose(0, 3, 1, 2), rtol=1e-6)
     assert model.num_classes == 1000       # the 3-class head of the file is not forced on the model
 
 

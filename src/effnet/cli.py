@@ -168,6 +168,27 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import fit, get_recipe
+
+    recipe = get_recipe(args.recipe)
+    changes = {k: v for k, v in dict(head_only_epochs=args.head_only_epochs, augment=args.augment,
+                                     ema_decay=args.ema_decay).items() if v is not None}
+    if changes:
+        recipe = recipe.replace(**changes)
+    result = fit(args.model, args.data, epochs=args.epochs, batch_size=args.batch_size, recipe=recipe,
+                 out=args.out, resume=args.resume, pretrained=args.pretrained or False, weights=args.weights,
+                 image_size=args.image_size, lr=args.lr, workers=args.workers, seed=args.seed, device=args.device,
+                 amp=args.amp, channels_last=args.channels_last, grad_checkpointing=args.grad_checkpointing,
+                 accumulation_steps=args.accum_steps, sync_bn=args.sync_bn, val_split=args.val_split)
+    if result.history and "val_top1" in result.history[-1]:
+        print(f"best val top-1 {result.best_top1:.2f}%"
+              + (f"; best weights in {args.out}/best, metrics in {args.out}/metrics.csv" if args.out else ""))
+    if result.skipped:
+        print(f"{result.skipped} unreadable training images were skipped", file=sys.stderr)
+    return 0
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model name (effnet models); optional with an effnet --weights folder")
     p.add_argument("--weights", default=None, help="weight file, URL or effnet folder (any supported format)")
@@ -178,7 +199,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="effnet", description="EfficientNet models: list, inspect, predict, evaluate.")
+    parser = argparse.ArgumentParser(prog="effnet", description="EfficientNet models: list, inspect, predict, evaluate, train.")
     parser.add_argument("--version", action="version", version=f"effnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -207,6 +228,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes decoding images")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("train", help="train or fine-tune on an image folder (torchrun for several processes)")
+    _add_model_args(p)
+    p.add_argument("--data", required=True, help="folder with train/ and val/ class subfolders, or one folder to split")
+    p.add_argument("--epochs", type=int, required=True)
+    p.add_argument("--batch-size", type=int, default=32, help="images per step per process")
+    p.add_argument("--recipe", default="paper", help="paper or finetune")
+    p.add_argument("--out", default=None, help="run folder: last.pt, best/, metrics.csv, tb/, curves.png")
+    p.add_argument("--resume", action="store_true", help="continue exactly from OUT/last.pt")
+    p.add_argument("--image-size", type=int, default=None, help="resolution in pixels (default: the model's)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: recipe per 256 images)")
+    p.add_argument("--head-only-epochs", type=int, default=None)
+    p.add_argument("--augment", default=None, help="autoaugment, randaugment or none")
+    p.add_argument("--ema-decay", type=float, default=None)
+    p.add_argument("--val-split", type=float, default=0.2, help="val fraction when DATA has no val/ folder")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast (fp16 + gradient scaling on GPUs without bf16); default: on for CUDA")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--grad-checkpointing", action="store_true")
+    p.add_argument("--accum-steps", type=int, default=1, help="gradient accumulation micro-batches")
+    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes")
+    p.set_defaults(func=_cmd_train)
     return parser
 
 

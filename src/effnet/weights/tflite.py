@@ -10,8 +10,9 @@ running variance ``1 - eps``), so the module structure, and every other effnet f
 stays the same.
 
 The graph's own input handling (input quantization, then any MUL/ADD/SUB by constants
-before the stem) is read and returned as the equivalent ``mean``/``std`` on [0, 1] pixels,
-so the eval transform feeds the stem exactly what the graph does.
+before the stem) is read, and the same function is kept: the stem kernel is rescaled so
+that the model takes the official Lite normalisation (returned as ``mean``/``std`` on
+[0, 1] pixels) and computes exactly what the graph computes from the same pixels.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ __all__ = ["TFLiteInfo", "tflite_state_dict", "tflite_num_classes"]
 
 # tflite.TensorType values -> numpy dtypes (schema.fbs).
 _DTYPES = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 9: np.int8}
+# Input scale the loaded stem is normalised to: the official Lite std, 128 / 255
+# (tensorflow/tpu models/official/efficientnet/lite/efficientnet_lite_builder.py STDDEV_RGB).
+STEM_STD = 128.0 / 255.0
 # tflite.ActivationFunctionType values.
 _ACT_NAMES = {0: None, 1: "relu", 3: "relu6"}
 
@@ -36,8 +40,8 @@ class TFLiteInfo:
     """What the graph says beyond its weights.
 
     Attributes:
-        mean, std: the graph's input function as normalisation of RGB in [0, 1]
-            (None when the input is float and no scaling op precedes the stem).
+        mean, std: the normalisation of RGB in [0, 1] the loaded model takes to compute the
+            graph's function (None when the input is float and no scaling op precedes the stem).
         num_classes: outputs of the final FULLY_CONNECTED layer (0 if none).
         num_convs: convolutions mapped.
         quantized: whether weights were int8.
@@ -103,8 +107,8 @@ class _Graph:
         return opts
 
 
-def _input_function(graph: _Graph, pre_ops: List) -> Tuple[Optional[tuple], Optional[tuple]]:
-    """The affine map pixel (0..255) -> stem input, as mean/std on [0, 1] pixels."""
+def _input_function(graph: _Graph, pre_ops: List) -> Tuple[Optional[float], Optional[float]]:
+    """The graph's affine map from pixels (0..255) to the stem input, ``(a, b)``: ``x = a * p + b``."""
     inp = graph.g.Inputs(0)
     t = graph.tensor(inp)
     scale, zp, _ = graph.quant(inp)
@@ -131,10 +135,7 @@ def _input_function(graph: _Graph, pre_ops: List) -> Tuple[Optional[tuple], Opti
             b = b - c if consts[1] is not None else c - b   # x - c, or c - x (not expected)
         else:
             raise ValueError(f"unsupported op {name} before the stem convolution")
-    # a * p + b == (p / 255 - mean) / std  =>  std = 1 / (255 a), mean = -b * std
-    std = 1.0 / (255.0 * a)
-    mean = -b * std
-    return (mean,) * 3, (std,) * 3
+    return a, b
 
 
 def tflite_state_dict(buf: bytes, model: nn.Module) -> Tuple[Dict[str, torch.Tensor], TFLiteInfo]:
@@ -219,7 +220,19 @@ def tflite_state_dict(buf: bytes, model: nn.Module) -> Tuple[Dict[str, torch.Ten
         sd["classifier.weight"] = torch.from_numpy(fc[0].astype(np.float32))
         sd["classifier.bias"] = torch.from_numpy((fc[1] if fc[1] is not None else np.zeros(num_classes))
                                                  .astype(np.float32))
-    mean, std = _input_function(graph, pre_ops)
+    a, b = _input_function(graph, pre_ops)
+    mean = std = None
+    if a is not None:
+        # The stem sees x = a * p + b. Feed it the official Lite normalisation instead,
+        # x' = (p - 255 m) / (255 s) with s = 128/255, and scale the stem kernel by
+        # k = a * 255 * s, so that conv(W, x) == conv(k W, x') exactly (zero padding is
+        # p = 255 m in both). For Model Maker graphs (x = p - 127) that is k = 128: the
+        # inputs are back in [-1, 1] and the stem's gradients at a normal scale for training.
+        s_ = STEM_STD
+        m_ = -b / (255.0 * a)
+        k = a * 255.0 * s_
+        sd["stem.conv.weight"] = sd["stem.conv.weight"] * k
+        mean, std = (m_,) * 3, (s_,) * 3
     return sd, TFLiteInfo(mean, std, num_classes, len(convs), quantized)
 
 

@@ -1,0 +1,101 @@
+"""The training recipe as data, with the paper's preset and a fine-tuning preset."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional
+
+__all__ = ["Recipe", "RECIPES", "get_recipe"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything about *how* to train, separate from what and on which data.
+
+    Attributes:
+        name: preset name.
+        optimizer: ``rmsprop_tf`` (paper), ``sgd`` (momentum, nesterov) or ``adamw``.
+        lr_per_256: peak learning rate per 256 images; scaled linearly with the global batch.
+        warmup_epochs: linear warmup from 0 to the peak (epochs, fractional allowed).
+        decay_rate, decay_epochs: staircase exponential decay, x``decay_rate`` every
+            ``decay_epochs`` epochs (counted from step 0, as the official code does).
+        weight_decay: L2 coefficient (added to the gradient, TF style); never on BatchNorm
+            parameters or biases.
+        rmsprop_decay, momentum, eps: RMSProp's squared-gradient decay, momentum and the
+            epsilon added *inside* the square root (TF form); ``momentum`` is also SGD's.
+        label_smoothing: cross-entropy label smoothing.
+        ema_decay: decay of the exponential moving average of the weights (None = no EMA);
+            validation uses the EMA weights when there are any.
+        drop_path_rate: stochastic depth of the last block; dropout: None keeps the model's
+            per-variant rate.
+        augment: ``autoaugment`` (ImageNet policy), ``randaugment`` or ``none``, after
+            RandomResizedCrop and horizontal flip.
+        crop_scale: RandomResizedCrop area range.
+        freeze_bn: keep BatchNorm running statistics (and their eval-mode normalisation)
+            fixed while training.
+        head_only_epochs: train only the classifier for this many first epochs.
+        backbone_lr_scale: learning rate of everything but the classifier, relative to the
+            classifier's (fine-tuning keeps pretrained features from being overwritten).
+        zero_init_head: start the (new) classifier at zero. The official init,
+            uniform(+-1/sqrt(num_classes)), suits 1000 classes from scratch; on a few classes
+            over pretrained features it starts with logits in the tens.
+    """
+
+    name: str
+    optimizer: str = "rmsprop_tf"
+    lr_per_256: float = 0.016
+    warmup_epochs: float = 5.0
+    decay_rate: float = 0.97
+    decay_epochs: float = 2.4
+    weight_decay: float = 1e-5
+    rmsprop_decay: float = 0.9
+    momentum: float = 0.9
+    eps: float = 1e-3
+    label_smoothing: float = 0.1
+    ema_decay: Optional[float] = 0.9999
+    drop_path_rate: float = 0.2
+    dropout: Optional[float] = None
+    augment: str = "autoaugment"
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    freeze_bn: bool = False
+    head_only_epochs: int = 0
+    backbone_lr_scale: float = 1.0
+    zero_init_head: bool = False
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("rmsprop_tf", "sgd", "adamw"):
+            raise ValueError(f"optimizer must be rmsprop_tf, sgd or adamw, got {self.optimizer!r}")
+        if self.augment not in ("autoaugment", "randaugment", "none"):
+            raise ValueError(f"augment must be autoaugment, randaugment or none, got {self.augment!r}")
+        if self.lr_per_256 <= 0 or self.warmup_epochs < 0 or not 0 < self.decay_rate <= 1:
+            raise ValueError("lr_per_256 must be > 0, warmup_epochs >= 0 and decay_rate in (0, 1]")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay}")
+
+    def replace(self, **changes) -> "Recipe":
+        """A copy with some fields changed (unknown fields raise TypeError)."""
+        return dataclasses.replace(self, **changes)
+
+
+RECIPES = {
+    # Paper Section 5.2 and the official code (tensorflow/tpu models/official/efficientnet
+    # main.py, utils.py): RMSProp decay 0.9, momentum 0.9, epsilon 1e-3; lr 0.016 per 256
+    # images (0.256 at batch 4096), 5 warmup epochs, x0.97 every 2.4 epochs; weight decay
+    # 1e-5; label smoothing 0.1; weight EMA 0.9999; drop_connect (drop_path) 0.2; AutoAugment.
+    "paper": Recipe("paper"),
+    # Transfer learning: a pretrained backbone and a new classifier trained first alone,
+    # BatchNorm statistics frozen (small batches; TFLite weights carry BN folded into the
+    # convs, which batch statistics would undo), a short schedule with no warmup, no EMA.
+    "finetune": Recipe("finetune", optimizer="sgd", lr_per_256=0.08, warmup_epochs=0.0, decay_rate=0.7,
+                       decay_epochs=1.0, weight_decay=1e-5, label_smoothing=0.1, ema_decay=None,
+                       drop_path_rate=0.1, augment="randaugment", crop_scale=(0.25, 1.0), freeze_bn=True,
+                       head_only_epochs=1, backbone_lr_scale=0.1, zero_init_head=True),
+}
+
+
+def get_recipe(name: str) -> Recipe:
+    """A preset by name. Raises KeyError listing the presets."""
+    if name not in RECIPES:
+        raise KeyError(f"unknown recipe {name!r}; choose from {sorted(RECIPES)}")
+    return RECIPES[name]
