@@ -182,3 +182,51 @@ def test_torchrun_two_processes_one_epoch(data, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "ddp" / "metrics.csv")))
     assert len(rows) == 1 and float(rows[0]["val_top1"]) > 50
     print("torchrun 2x CPU, 1 epoch: val top-1", rows[0]["val_top1"])
+
+
+@pytest.mark.filterwarnings("ignore:skipped unreadable training image")
+def test_amp_channels_last_checkpointing_and_accumulation(small_set):
+    r = fit("efficientnet_b0", small_set, epochs=1, batch_size=4, image_size=64, recipe="paper", workers=0,
+            progress=False, amp=True, channels_last=True, grad_checkpointing=True, accumulation_steps=2)
+    assert math.isfinite(r.history[0]["train_loss"]) and r.model.grad_checkpointing
+    assert r.model.stem.conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_demo_downloads_when_shared_data_is_absent(tmp_path, monkeypatch, data):
+    """Without ../shared, make demo fetches the ants/bees zip and the official Lite0 archive."""
+    import dataclasses
+    import http.server
+    import tarfile
+    import threading
+    import zipfile
+
+    from effnet import demo, registry
+
+    serve = tmp_path / "serve"
+    serve.mkdir()
+    with zipfile.ZipFile(serve / "hymenoptera_data.zip", "w") as z:
+        for f in sorted((data / "finetune" / "hymenoptera_data").rglob("*.jpg"))[::40]:
+            z.write(f, f.relative_to(data / "finetune"))
+    with tarfile.open(serve / "efficientnet-lite0.tar.gz", "w:gz") as t:
+        t.add(data / demo.SHARED_TFLITE, arcname="efficientnet-lite0/efficientnet-lite0-int8.tflite")
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(serve), **k)  # noqa: E731
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        monkeypatch.setenv("EFFNET_DATA", str(tmp_path / "no-shared-here"))
+        monkeypatch.setenv("EFFNET_HOME", str(tmp_path / "home"))
+        monkeypatch.setattr(demo, "HYMENOPTERA_URL", f"{url}/hymenoptera_data.zip")
+        cfg = registry._REGISTRY["tf_efficientnet_lite0"]
+        weights = tuple(dataclasses.replace(w, url=f"{url}/efficientnet-lite0.tar.gz") if w.tag == "tflite" else w
+                        for w in cfg.weights)
+        monkeypatch.setitem(registry._REGISTRY, "tf_efficientnet_lite0", dataclasses.replace(cfg, weights=weights))
+        folder, archive = demo.demo_data(), demo.demo_weights()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert folder == tmp_path / "home" / "data" / "hymenoptera_data"
+    assert sorted(p.name for p in folder.iterdir()) == ["train", "val"]
+    assert archive.name == "efficientnet-lite0.tar.gz" and archive.parent == tmp_path / "home" / "weights"
+    model = effnet.create_model("efficientnet_lite0", num_classes=None, weights=archive)
+    assert model.num_classes == 3 and model.config.padding == "same"
