@@ -6,11 +6,14 @@ counted in a fraction of a second without allocating its weights or activations.
 
 from __future__ import annotations
 
+import copy
+from typing import Sequence
+
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_params", "count_macs", "model_stats"]
+__all__ = ["count_params", "count_macs", "model_stats", "ENGINES", "build_engine", "benchmark", "format_table"]
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
@@ -60,3 +63,124 @@ def model_stats(name: str, num_classes: int = 1000) -> dict:
         model = create_model(name, num_classes=num_classes)
     size = model.config.input_size
     return dict(name=name, params=count_params(model), macs=count_macs(model, size), input_size=size)
+
+
+# ---- latency / throughput benchmarks ----------------------------------------------------------
+
+ENGINES = ("eager", "channels_last", "compile", "onnx", "onnx-int8")
+
+
+def _peak_rss_reset() -> int:
+    """Reset the kernel's peak-RSS mark (Linux /proc/self/clear_refs) and return current RSS in bytes."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    return _status_kb("VmRSS") * 1024
+
+
+def _status_kb(field: str) -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def build_engine(model: nn.Module, engine: str, resolution: int, calibration=None, workdir=None):
+    """A callable ``f(x: Tensor (N, C, H, W)) -> logits`` running ``model`` with ``engine``.
+
+    Engines: ``eager`` (fp32 NCHW), ``channels_last`` (NHWC memory format), ``compile``
+    (torch.compile of the BN-folded model, inductor with freezing), ``onnx`` (BN folded,
+    exported and run in onnxruntime with all graph optimisations), ``onnx-int8`` (that model
+    statically quantized, calibrated on ``calibration`` batches).
+    """
+    import tempfile
+    from pathlib import Path
+
+    from . import deploy
+
+    model = model.eval()
+    if engine == "eager":
+        return lambda x: model(x)
+    if engine == "channels_last":
+        m = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        return lambda x: m(x.contiguous(memory_format=torch.channels_last))
+    if engine == "compile":
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True
+        compiled = torch.compile(deploy.fold_bn(model))
+        return lambda x: compiled(x)
+    if engine in ("onnx", "onnx-int8"):
+        d = Path(workdir or tempfile.mkdtemp(prefix="effnet-bench-"))
+        path = deploy.export_onnx(model, d / "model.onnx", input_size=resolution)
+        if engine == "onnx-int8":
+            if calibration is None:
+                raise ValueError("onnx-int8 needs calibration batches")
+            path = deploy.quantize_onnx_int8(path, d / "model-int8.onnx", calibration)
+        session = deploy.OnnxModel(path, threads=torch.get_num_threads())
+        return lambda x: torch.from_numpy(session(x))
+    raise ValueError(f"unknown engine {engine!r}; choose from {ENGINES}")
+
+
+def benchmark(model: nn.Module, engines: Sequence[str] = ("eager",), batch_sizes: Sequence[int] = (1, 32),
+              resolution: int | None = None, iters: int = 10, warmup: int = 2, calibration=None) -> list[dict]:
+    """Measure each engine side by side in this process.
+
+    For each engine: latency at the smallest batch size (median and 90th percentile over
+    ``iters`` runs, milliseconds), throughput at the largest (images/s, median run), peak
+    resident memory while running, above the resident size before the engine was built
+    (MB; Linux VmHWM, reset after building so export/compile memory is not counted), MACs
+    per image and achieved GFLOP/s (2 x MACs x images/s).
+
+    Returns:
+        One dict per engine: ``engine, latency_ms, latency_p90_ms, batch, images_per_s,
+        peak_mb, macs, gflops``.
+    """
+    import statistics
+    import time
+
+    resolution = resolution or model.config.preprocess.input_size
+    macs = count_macs(model, resolution)
+    small, large = min(batch_sizes), max(batch_sizes)
+    rows = []
+    for engine in engines:
+        base = _status_kb("VmRSS") * 1024
+        run = build_engine(model, engine, resolution, calibration)
+        _peak_rss_reset()                 # count what running needs, not exporting/compiling
+        times = {}
+        with torch.inference_mode():
+            for bs in sorted({small, large}):
+                x = torch.randn(bs, model.in_chans, resolution, resolution)
+                for _ in range(warmup):
+                    run(x)
+                t = []
+                for _ in range(iters):
+                    t0 = time.perf_counter()
+                    run(x)
+                    t.append(time.perf_counter() - t0)
+                times[bs] = t
+        peak = max(_status_kb("VmHWM") * 1024 - base, 0)
+        lat = sorted(times[small])
+        thr = large / statistics.median(times[large])
+        rows.append(dict(engine=engine, latency_ms=1e3 * statistics.median(lat),
+                         latency_p90_ms=1e3 * lat[min(len(lat) - 1, int(0.9 * len(lat)))], batch=large,
+                         images_per_s=thr, peak_mb=peak / 2 ** 20, macs=macs, gflops=2 * macs * thr / 1e9))
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """The rows of :func:`benchmark` as an aligned text table, with throughput ratios to the first row."""
+    head = (f"{'engine':<14}{'lat b1 (ms)':>12}{'p90 (ms)':>10}{'batch':>7}{'images/s':>10}{'x first':>9}"
+            f"{'peak MB':>9}{'MACs (G)':>10}{'GFLOP/s':>9}")
+    lines = [head]
+    for r in rows:
+        lines.append(f"{r['engine']:<14}{r['latency_ms']:>12.2f}{r['latency_p90_ms']:>10.2f}{r['batch']:>7}"
+                     f"{r['images_per_s']:>10.1f}{r['images_per_s'] / rows[0]['images_per_s']:>9.2f}"
+                     f"{r['peak_mb']:>9.0f}{r['macs'] / 1e9:>10.3f}{r['gflops']:>9.1f}")
+    return "\n".join(lines)

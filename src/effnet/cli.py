@@ -189,6 +189,69 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibration_batches(model, folder: Optional[str], n: int = 64, batch: int = 16):
+    """Preprocessed real images for INT8 calibration (the shared ImageNet samples by default)."""
+    import torch
+
+    from .data import data_dir, eval_transform, load_image
+
+    root = Path(folder) if folder else data_dir() / "imagenet-samples" / "images"
+    files = _collect_images([str(root)])[:n]
+    if not files:
+        raise SystemExit(f"error: no calibration images in {root}; pass --calibration DIR")
+    t = eval_transform(model.config)
+    x = torch.stack([t(load_image(f)) for f in files]).numpy()
+    return [x[i:i + batch] for i in range(0, len(x), batch)]
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import deploy
+
+    model = _build_model(args)
+    out = Path(args.out)
+    size = args.resolution or model.config.preprocess.input_size
+    if args.format == "torchscript":
+        scripted = torch.jit.script(deploy.fold_bn(model))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        scripted.save(str(out))
+    elif args.format == "onnx":
+        deploy.export_onnx(model, out, input_size=size)
+    else:
+        fp32 = deploy.export_onnx(model, out.with_suffix(".fp32.onnx"), input_size=size)
+        deploy.quantize_onnx_int8(fp32, out, _calibration_batches(model, args.calibration))
+    print(f"wrote {out} ({out.stat().st_size / 2 ** 20:.1f} MB, {args.format}, input 1x{model.in_chans}x{size}x{size})")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from .analysis import benchmark, format_table
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = _build_model(args) if (args.weights or args.pretrained) else _quiet_model(args.model)
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    calibration = _calibration_batches(model, args.calibration) if "onnx-int8" in engines else None
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    rows = benchmark(model, engines, sizes, args.resolution, args.iters, calibration=calibration)
+    res = args.resolution or model.config.preprocess.input_size
+    print(f"{model.config.name} at {res}x{res} px, {torch.get_num_threads()} threads, fp32 unless named; "
+          f"latency at batch {min(sizes)}, throughput at batch {max(sizes)}")
+    print(format_table(rows))
+    return 0
+
+
+def _quiet_model(name: Optional[str]):
+    from .registry import create_model
+
+    if name is None:
+        raise SystemExit("error: --model is required")
+    return create_model(name).eval()       # speed does not depend on the weights' values
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model name (effnet models); optional with an effnet --weights folder")
     p.add_argument("--weights", default=None, help="weight file, URL or effnet folder (any supported format)")
@@ -253,6 +316,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accum-steps", type=int, default=1, help="gradient accumulation micro-batches")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("export", help="export to ONNX (verified), INT8 ONNX or TorchScript")
+    _add_model_args(p)
+    p.add_argument("--format", choices=["onnx", "onnx-int8", "torchscript"], default="onnx")
+    p.add_argument("--out", required=True)
+    p.add_argument("--resolution", type=int, default=None, help="input side in pixels (default: the model's)")
+    p.add_argument("--calibration", default=None, help="image folder for INT8 calibration (default: ImageNet samples)")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("bench", help="latency, throughput, memory and GFLOP/s per inference engine")
+    _add_model_args(p)
+    p.add_argument("--engines", default="eager,channels_last,onnx",
+                   help="comma list of eager, channels_last, compile, onnx, onnx-int8")
+    p.add_argument("--batch-sizes", default="1,32")
+    p.add_argument("--resolution", type=int, default=None)
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--calibration", default=None)
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 

@@ -1,0 +1,112 @@
+"""Deployment: BN folding, ONNX export verified in onnxruntime, INT8 agreement on real photos, bench."""
+
+import numpy as np
+import pytest
+import torch
+
+import effnet
+from effnet import deploy
+from effnet.cli import main
+from effnet.data import eval_transform, load_image
+from effnet.scaling import estimate_macs
+
+from conftest import randomize_bn
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "tf_efficientnet_lite0"])
+def test_bn_folding_is_exact(name):
+    torch.manual_seed(0)
+    model = randomize_bn(effnet.create_model(name)).eval()
+    x = torch.randn(2, 3, 97, 131)
+    # In float64 the fold is exact: what remains is rounding far below any tolerance.
+    m64 = randomize_bn(effnet.create_model(name)).eval().double()
+    with torch.no_grad():
+        diff64 = (deploy.fold_bn(m64)(x.double()) - m64(x.double())).abs().max().item()
+    assert diff64 < 1e-10, diff64
+    # In float32 the folded model agrees within 1e-5 relative to the logits' scale.
+    folded = deploy.fold_bn(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    with torch.no_grad():
+        ref = model(x)
+        diff = (folded(x) - ref).abs().max().item()
+    assert diff < 1e-5 * max(1.0, ref.abs().max().item()), diff
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())    # the original is untouched
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "efficientnet_lite0"])
+def test_onnx_export_matches_eager(name, tmp_path):
+    torch.manual_seed(0)
+    model = randomize_bn(effnet.create_model(name)).eval()
+    path = deploy.export_onnx(model, tmp_path / f"{name}.onnx", input_size=224)   # verifies internally too
+    x = torch.randn(3, 3, 224, 224)                                               # another batch size
+    with torch.no_grad():
+        ref = model(x).numpy()
+    out = deploy.OnnxModel(path, threads=2)(x)
+    assert ref.std() > 0.1 and np.abs(out - ref).max() < 1e-4
+
+
+def test_export_refuses_a_wrong_model(tmp_path, monkeypatch):
+    model = effnet.create_model("efficientnet_lite0").eval()
+    monkeypatch.setattr(deploy, "fold_bn", lambda m: _Broken(m))     # a "fold" that changes the function
+    with pytest.raises(deploy.ExportError, match="differs from eager"):
+        deploy.export_onnx(model, tmp_path / "bad.onnx", input_size=64)
+    assert not (tmp_path / "bad.onnx").exists()
+
+
+class _Broken(torch.nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.m = m.eval()
+        self.config, self.in_chans = m.config, m.in_chans
+
+    def forward(self, x):
+        return self.m(x) * 1.01 + 0.1
+
+
+def test_int8_top1_agreement_on_shared_photos(data, tmp_path):
+    model = effnet.create_model("efficientnet_lite0", num_classes=None,
+                                weights=data / "weights" / "efficientnet-lite0_int8_modelmaker_3class.tflite").eval()
+    t = eval_transform(model.config)
+    files = sorted((data / "imagenet-samples" / "images").iterdir())
+    files += sorted((data / "finetune" / "hymenoptera_data" / "val").glob("*/*"))
+    x = torch.stack([t(load_image(f)) for f in files]).numpy()
+    calibration = [x[i:i + 16] for i in range(0, 64, 16)]
+    fp32 = deploy.export_onnx(model, tmp_path / "fp32.onnx")
+    int8 = deploy.quantize_onnx_int8(fp32, tmp_path / "int8.onnx", calibration)
+    assert int8.stat().st_size < 0.35 * fp32.stat().st_size
+    a, b = deploy.OnnxModel(fp32, threads=2), deploy.OnnxModel(int8, threads=2)
+    pa = np.concatenate([a(x[i:i + 64]) for i in range(0, len(x), 64)]).argmax(1)
+    pb = np.concatenate([b(x[i:i + 64]) for i in range(0, len(x), 64)]).argmax(1)
+    agreement = (pa == pb).mean()
+    print(f"INT8 vs FP32 top-1 agreement over {len(x)} shared photos: {100 * agreement:.1f}%")
+    assert agreement >= 0.95
+
+
+def test_export_cli_onnx_and_torchscript(tmp_path, capsys, data):
+    weights = str(data / "weights" / "efficientnet-lite0_int8_modelmaker_3class.tflite")
+    common = ["export", "--model", "efficientnet_lite0", "--weights", weights, "--resolution", "96"]
+    assert main(common + ["--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
+    assert main(common + ["--format", "torchscript", "--out", str(tmp_path / "m.pt")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    scripted = torch.jit.load(str(tmp_path / "m.pt"))
+    onnx = deploy.OnnxModel(tmp_path / "m.onnx")
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        out = scripted(x).numpy()
+    assert out.shape == (2, 3)
+    np.testing.assert_allclose(onnx(x), out, atol=1e-4)
+
+
+def test_bench_prints_a_table_at_tiny_size(capsys):
+    argv = ["bench", "--model", "efficientnet_b0", "--resolution", "64", "--batch-sizes", "1,2",
+            "--engines", "eager,channels_last,onnx", "--iters", "2"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    table = [line.split() for line in out if line.split() and line.split()[0] in ("eager", "channels_last", "onnx")]
+    assert [r[0] for r in table] == ["eager", "channels_last", "onnx"]
+    for r in table:
+        lat, p90, batch, thr = float(r[1]), float(r[2]), int(r[3]), float(r[4])
+        assert 0 < lat <= p90 and batch == 2 and thr > 0
+        assert float(r[7]) == round(estimate_macs(effnet.get_config("efficientnet_b0").network, 64) / 1e9, 3)
