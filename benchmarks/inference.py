@@ -25,6 +25,7 @@ from effnet.analysis import _peak_rss_reset, _status_kb, benchmark, count_macs
 
 def time_session(session, name: str, batch_sizes, size: int, iters: int, macs: int) -> dict:
     inp = session.get_inputs()[0].name
+    _peak_rss_reset()
     times = {}
     for bs in sorted(set(batch_sizes)):
         x = np.random.randn(bs, 3, size, size).astype(np.float32)
@@ -41,7 +42,7 @@ def time_session(session, name: str, batch_sizes, size: int, iters: int, macs: i
     lat = times[small]
     return dict(engine=name, latency_ms=1e3 * statistics.median(lat),
                 latency_p90_ms=1e3 * lat[min(len(lat) - 1, int(0.9 * len(lat)))], batch=large, images_per_s=thr,
-                peak_mb=0.0, macs=macs, gflops=2 * macs * thr / 1e9)
+                peak_mb=_status_kb("VmHWM") / 1024, macs=macs, gflops=2 * macs * thr / 1e9)
 
 
 def reference_session(module: torch.nn.Module, size: int, workdir: Path, name: str):
@@ -69,12 +70,8 @@ def main() -> None:
     macs = count_macs(model, size)
     rows = []
     with tempfile.TemporaryDirectory() as d:
-        base = _status_kb("VmRSS") * 1024
         ref = reference_session(model, size, Path(d), "reference")
-        _peak_rss_reset()
-        row = time_session(ref, "reference-onnx", sizes, size, args.iters, macs)
-        row["peak_mb"] = max(_status_kb("VmHWM") * 1024 - base, 0) / 2 ** 20
-        rows.append(row)
+        rows.append(time_session(ref, "reference-onnx", sizes, size, args.iters, macs))
         try:
             from efficientnet_pytorch import EfficientNet as LukeMelas
 
@@ -98,11 +95,11 @@ def main() -> None:
     print(f"{args.model} at {size}x{size}, fp32 unless named, {args.threads} threads; latency at batch "
           f"{min(sizes)}, throughput at batch {max(sizes)}; ratios against reference-onnx")
     print(f"{'engine':<16}{'lat b1 ms':>10}{'p90 ms':>8}{'x ref lat':>10}{'images/s':>10}{'x ref thr':>10}"
-          f"{'peak MB':>9}{'GFLOP/s':>9}")
+          f"{'peak RSS MB':>12}{'GFLOP/s':>9}")
     for r in rows:
         print(f"{r['engine']:<16}{r['latency_ms']:>10.2f}{r['latency_p90_ms']:>8.2f}"
               f"{r['latency_ms'] / refrow['latency_ms']:>10.2f}{r['images_per_s']:>10.1f}"
-              f"{r['images_per_s'] / refrow['images_per_s']:>10.2f}{r['peak_mb']:>9.0f}{r['gflops']:>9.1f}")
+              f"{r['images_per_s'] / refrow['images_per_s']:>10.2f}{r['peak_mb']:>12.0f}{r['gflops']:>9.1f}")
 
 
 if __name__ == "__main__":

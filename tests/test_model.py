@@ -197,3 +197,11 @@ def test_onnx_export_matches_eager(tmp_path):
         ref = model(x).numpy()
     assert ref.std() > 0.1                   # real signal, not near-zero logits
     assert abs(out - ref).max() < 1e-4
+
+
+def test_default_checkpointing_skips_the_stride_32_stages():
+    model = effnet.create_model("efficientnet_b3")
+    model.set_grad_checkpointing()
+    assert model._checkpoint_stages == [0, 1, 2, 3, 4]          # stages 5, 6 run at stride 32
+    model.set_grad_checkpointing(True, stages=[0])
+    assert model._checkpoint_stages == [0]

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_params", "count_macs", "model_stats", "ENGINES", "build_engine", "benchmark", "format_table"]
+__all__ = ["count_params", "count_macs", "model_stats", "ENGINES", "build_engine", "benchmark", "time_fn",
+           "reference_models", "format_table"]
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
@@ -128,59 +129,88 @@ def build_engine(model: nn.Module, engine: str, resolution: int, calibration=Non
     raise ValueError(f"unknown engine {engine!r}; choose from {ENGINES}")
 
 
+def time_fn(run, name: str, batch_sizes: Sequence[int], resolution: int, in_chans: int, iters: int, warmup: int,
+            macs: int) -> dict:
+    """Time ``run(x)`` at the smallest and largest batch size; one row of :func:`benchmark`."""
+    import statistics
+    import time
+
+    small, large = min(batch_sizes), max(batch_sizes)
+    _peak_rss_reset()
+    times = {}
+    with torch.inference_mode():
+        for bs in sorted({small, large}):
+            x = torch.randn(bs, in_chans, resolution, resolution)
+            for _ in range(warmup):
+                run(x)
+            t = []
+            for _ in range(iters):
+                t0 = time.perf_counter()
+                run(x)
+                t.append(time.perf_counter() - t0)
+            times[bs] = sorted(t)
+    lat = times[small]
+    thr = large / statistics.median(times[large])
+    return dict(engine=name, latency_ms=1e3 * statistics.median(lat),
+                latency_p90_ms=1e3 * lat[min(len(lat) - 1, int(0.9 * len(lat)))], batch=large,
+                images_per_s=thr, peak_mb=_status_kb("VmHWM") / 1024, macs=macs, gflops=2 * macs * thr / 1e9)
+
+
 def benchmark(model: nn.Module, engines: Sequence[str] = ("eager",), batch_sizes: Sequence[int] = (1, 32),
               resolution: int | None = None, iters: int = 10, warmup: int = 2, calibration=None) -> list[dict]:
     """Measure each engine side by side in this process.
 
     For each engine: latency at the smallest batch size (median and 90th percentile over
-    ``iters`` runs, milliseconds), throughput at the largest (images/s, median run), peak
-    resident memory while running, above the resident size before the engine was built
-    (MB; Linux VmHWM, reset after building so export/compile memory is not counted), MACs
-    per image and achieved GFLOP/s (2 x MACs x images/s).
+    ``iters`` runs, milliseconds), throughput at the largest (images/s, median run), the
+    process's peak resident memory while running (MB; Linux VmHWM, reset after the engine
+    is built so export/compile memory is not counted), MACs per image and achieved GFLOP/s
+    (2 x MACs x images/s).
 
     Returns:
         One dict per engine: ``engine, latency_ms, latency_p90_ms, batch, images_per_s,
         peak_mb, macs, gflops``.
     """
-    import statistics
-    import time
-
     resolution = resolution or model.config.preprocess.input_size
     macs = count_macs(model, resolution)
-    small, large = min(batch_sizes), max(batch_sizes)
-    rows = []
-    for engine in engines:
-        base = _status_kb("VmRSS") * 1024
-        run = build_engine(model, engine, resolution, calibration)
-        _peak_rss_reset()                 # count what running needs, not exporting/compiling
-        times = {}
-        with torch.inference_mode():
-            for bs in sorted({small, large}):
-                x = torch.randn(bs, model.in_chans, resolution, resolution)
-                for _ in range(warmup):
-                    run(x)
-                t = []
-                for _ in range(iters):
-                    t0 = time.perf_counter()
-                    run(x)
-                    t.append(time.perf_counter() - t0)
-                times[bs] = t
-        peak = max(_status_kb("VmHWM") * 1024 - base, 0)
-        lat = sorted(times[small])
-        thr = large / statistics.median(times[large])
-        rows.append(dict(engine=engine, latency_ms=1e3 * statistics.median(lat),
-                         latency_p90_ms=1e3 * lat[min(len(lat) - 1, int(0.9 * len(lat)))], batch=large,
-                         images_per_s=thr, peak_mb=peak / 2 ** 20, macs=macs, gflops=2 * macs * thr / 1e9))
-    return rows
+    return [time_fn(build_engine(model, engine, resolution, calibration), engine, batch_sizes, resolution,
+                    model.in_chans, iters, warmup, macs) for engine in engines]
+
+
+def reference_models(name: str) -> dict:
+    """Other projects' implementations of the same model, where importable: ``{label: module}``.
+
+    timm and torchvision (which do not import on a CPU-only torch here) and
+    EfficientNet-PyTorch; a label maps to None when the package cannot be imported.
+    """
+    out = {}
+    variant = name.split("_")[-1]
+    try:
+        import timm
+        out["timm"] = timm.create_model(name).eval()
+    except Exception:       # ImportError, or timm's own torchvision import failing
+        out["timm"] = None
+    try:
+        import torchvision
+        out["torchvision"] = getattr(torchvision.models, name.replace("tf_", ""))().eval()
+    except Exception:
+        out["torchvision"] = None
+    try:
+        from efficientnet_pytorch import EfficientNet as LukeMelas
+        m = LukeMelas.from_name(f"efficientnet-{variant}")
+        m.set_swish(memory_efficient=False)
+        out["efficientnet_pytorch"] = m.eval()
+    except Exception:
+        out["efficientnet_pytorch"] = None
+    return out
 
 
 def format_table(rows: list[dict]) -> str:
     """The rows of :func:`benchmark` as an aligned text table, with throughput ratios to the first row."""
-    head = (f"{'engine':<14}{'lat b1 (ms)':>12}{'p90 (ms)':>10}{'batch':>7}{'images/s':>10}{'x first':>9}"
-            f"{'peak MB':>9}{'MACs (G)':>10}{'GFLOP/s':>9}")
+    head = (f"{'engine':<26}{'lat b1 (ms)':>12}{'p90 (ms)':>10}{'batch':>7}{'images/s':>10}{'x first':>9}"
+            f"{'peak RSS MB':>12}{'MACs (G)':>10}{'GFLOP/s':>9}")
     lines = [head]
     for r in rows:
-        lines.append(f"{r['engine']:<14}{r['latency_ms']:>12.2f}{r['latency_p90_ms']:>10.2f}{r['batch']:>7}"
+        lines.append(f"{r['engine']:<26}{r['latency_ms']:>12.2f}{r['latency_p90_ms']:>10.2f}{r['batch']:>7}"
                      f"{r['images_per_s']:>10.1f}{r['images_per_s'] / rows[0]['images_per_s']:>9.2f}"
-                     f"{r['peak_mb']:>9.0f}{r['macs'] / 1e9:>10.3f}{r['gflops']:>9.1f}")
+                     f"{r['peak_mb']:>12.0f}{r['macs'] / 1e9:>10.3f}{r['gflops']:>9.1f}")
     return "\n".join(lines)

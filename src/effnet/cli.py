@@ -238,6 +238,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     rows = benchmark(model, engines, sizes, args.resolution, args.iters, calibration=calibration)
     res = args.resolution or model.config.preprocess.input_size
+    if args.compare:
+        from .analysis import reference_models, time_fn
+
+        for label, ref in reference_models(model.config.name).items():
+            if ref is None:
+                print(f"note: {label} is not importable here; left out of the comparison", file=sys.stderr)
+                continue
+            rows.append(time_fn(ref, f"{label} eager", sizes, res, 3, args.iters, 2, rows[0]["macs"]))
     print(f"{model.config.name} at {res}x{res} px, {torch.get_num_threads()} threads, fp32 unless named; "
           f"latency at batch {min(sizes)}, throughput at batch {max(sizes)}")
     print(format_table(rows))
@@ -334,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--calibration", default=None)
+    p.add_argument("--compare", action="store_true",
+                   help="add the timm, torchvision and EfficientNet-PyTorch models (eager) where importable")
     p.set_defaults(func=_cmd_bench)
     return parser
 
