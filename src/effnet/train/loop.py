@@ -234,22 +234,18 @@ def fit(model: Union[str, nn.Module], data: Union[str, Path], epochs: int, batch
 
     # ---- model and data ----
     if isinstance(model, str):
-        probe = create_model(model, pretrained=pretrained, weights=weights, num_classes=None)
-        preprocess = probe.config.preprocess
-        size = image_size or preprocess.input_size
-        train_set, val_set, classes = make_datasets(data, size, preprocess, val_split, seed)
         overrides = dict(drop_path_rate=recipe.drop_path_rate)
         if recipe.dropout is not None:
             overrides["drop_rate"] = recipe.dropout
-        net = create_model(model, pretrained=pretrained, weights=weights, num_classes=len(classes), **overrides)
-        del probe
+        # The weights' own classifier size for now; replaced below if the data has other classes.
+        net = create_model(model, pretrained=pretrained, weights=weights, num_classes=None, **overrides)
     else:
         net = model
-        preprocess = net.config.preprocess
-        size = image_size or preprocess.input_size
-        train_set, val_set, classes = make_datasets(data, size, preprocess, val_split, seed)
-        if net.num_classes != len(classes):
-            net.reset_classifier(len(classes))
+    preprocess = net.config.preprocess
+    size = image_size or preprocess.input_size
+    train_set, val_set, classes = make_datasets(data, size, preprocess, val_split, seed)
+    if net.num_classes != len(classes):
+        net.reset_classifier(len(classes))
     net.class_names = list(classes)
     # The run's weights are evaluated (and later predict) at the training resolution.
     net.config = dataclasses.replace(net.config, preprocess=dataclasses.replace(preprocess, input_size=size))
