@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._io import atomic_write
 from .layers import ConvNormAct
 
 __all__ = ["fold_bn", "export_onnx", "onnx_session", "OnnxModel", "quantize_onnx_int8", "ExportError"]
@@ -79,9 +80,8 @@ def export_onnx(model: nn.Module, path: Union[str, os.PathLike], input_size: Opt
     x = torch.randn(max(batch_size, 2) if dynamic_batch else batch_size, model.in_chans, size, size)
     dynamic = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".onnx")
-    os.close(fd)
-    try:
+
+    def write(tmp: str) -> None:
         torch.onnx.export(model, (x,), tmp, input_names=["input"], output_names=["output"], opset_version=18,
                           dynamic_shapes=dynamic, dynamo=True, external_data=False, verbose=False)
         if verify:
@@ -91,10 +91,8 @@ def export_onnx(model: nn.Module, path: Union[str, os.PathLike], input_size: Opt
             diff = float(np.abs(out - ref).max())
             if not diff <= atol:
                 raise ExportError(f"ONNX output differs from eager by {diff:.3g} (> {atol})")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+
+    return atomic_write(path, write, suffix=".onnx")
 
 
 def onnx_session(path: Union[str, os.PathLike], threads: Optional[int] = None, optimization: str = "all"):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from .specs import EFFICIENTNET_B0, BlockType, NetworkSpec, StageSpec
+from .specs import EFFICIENTNET_B0, BlockType, NetworkSpec
 
 __all__ = [
     "Scaling",

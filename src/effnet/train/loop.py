@@ -20,10 +20,9 @@ import dataclasses
 import math
 import os
 import random
-import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
@@ -35,6 +34,7 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
 from tqdm import tqdm
 
+from .._io import atomic_write
 from ..data import ImageDataset, collate_skip, eval_transform
 from ..evaluation import evaluate
 from ..registry import PreprocessConfig, create_model
@@ -101,16 +101,6 @@ def make_datasets(data: Union[str, Path], size: int, preprocess: PreprocessConfi
     return train, Subset(val_full, order[:n_val]), full.classes
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def _rng_state() -> Dict[str, Any]:
     state = dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate())
     if torch.cuda.is_available():
@@ -127,13 +117,13 @@ def _set_rng_state(state: Dict[str, Any]) -> None:
 
 
 def _write_metrics(history: List[Dict[str, float]], path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".metrics.", suffix=".tmp")
-    with os.fdopen(fd, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=METRICS)
-        w.writeheader()
-        for row in history:
-            w.writerow({k: row.get(k) for k in METRICS})
-    os.replace(tmp, path)
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=METRICS)
+            w.writeheader()
+            for row in history:
+                w.writerow({k: row.get(k) for k in METRICS})
+    atomic_write(path, write)
 
 
 def _plot(history: List[Dict[str, float]], path: Path) -> None:
@@ -389,11 +379,12 @@ def fit(model: Union[str, nn.Module], data: Union[str, Path], epochs: int, batch
                     for k in ("lr", "train_loss", "train_top1", "val_top1", "val_top5", "images_per_s"):
                         writer.add_scalar(k, row[k], epoch + 1)
                     writer.flush()
-                _atomic_save(dict(model=net.state_dict(), ema=ema.state_dict() if ema is not None else None,
+                checkpoint = dict(model=net.state_dict(), ema=ema.state_dict() if ema is not None else None,
                                   optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                                   scaler=scaler.state_dict(), rng=states, epoch=epoch, history=history,
                                   best_top1=best_top1, skipped=skipped_total, recipe=asdict(recipe),
-                                  classes=list(classes), model_name=net.config.name), ckpt_path)
+                                  classes=list(classes), model_name=net.config.name)
+                atomic_write(ckpt_path, lambda tmp: torch.save(checkpoint, tmp))
             else:
                 best_top1 = max(best_top1, row["val_top1"])
         if distributed:

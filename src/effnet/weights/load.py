@@ -6,13 +6,13 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
+from .._io import atomic_write
 from .convert import convert_state_dict
 from .formats import read_weight_file
 from .hub import fetch, is_url
@@ -170,16 +170,6 @@ def load_weights(model: nn.Module, source: Union[str, os.PathLike, Tuple[str, An
     return report
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def save_pretrained(model: nn.Module, directory: Union[str, os.PathLike],
                     class_names: Optional[Sequence[str]] = None) -> Path:
     """Write ``model`` as safetensors weights plus a JSON config in ``directory``.
@@ -208,6 +198,6 @@ def save_pretrained(model: nn.Module, directory: Union[str, os.PathLike],
                        norm_eps=cfg.norm_eps, norm_momentum=cfg.norm_momentum),
         class_names=names, preprocess=dataclasses.asdict(cfg.preprocess))
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    _atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=1)))
+    atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=1)))
     return directory
