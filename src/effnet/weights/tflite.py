@@ -131,8 +131,10 @@ def _input_function(graph: _Graph, pre_ops: List) -> Tuple[Optional[float], Opti
             a, b = a * c, b * c
         elif name == "ADD":
             b = b + c
-        elif name == "SUB":
-            b = b - c if consts[1] is not None else c - b   # x - c, or c - x (not expected)
+        elif name == "SUB" and consts[1] is not None:       # x - c
+            b = b - c
+        elif name == "SUB":                                  # c - x = (-a) p + (c - b)
+            a, b = -a, c - b
         else:
             raise ValueError(f"unsupported op {name} before the stem convolution")
     return a, b
