@@ -11,38 +11,20 @@ Ratios are throughput over the reference path's and latency over its latency.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import effnet
-from effnet.analysis import _peak_rss_reset, _status_kb, benchmark, count_macs
+from effnet.analysis import benchmark, count_macs, time_fn
 
 
 def time_session(session, name: str, batch_sizes, size: int, iters: int, macs: int) -> dict:
+    """One benchmark row for an onnxruntime session, timed exactly as effnet's engines are."""
     inp = session.get_inputs()[0].name
-    _peak_rss_reset()
-    times = {}
-    for bs in sorted(set(batch_sizes)):
-        x = np.random.randn(bs, 3, size, size).astype(np.float32)
-        for _ in range(2):
-            session.run(None, {inp: x})
-        t = []
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            session.run(None, {inp: x})
-            t.append(time.perf_counter() - t0)
-        times[bs] = sorted(t)
-    small, large = min(batch_sizes), max(batch_sizes)
-    thr = large / statistics.median(times[large])
-    lat = times[small]
-    return dict(engine=name, latency_ms=1e3 * statistics.median(lat),
-                latency_p90_ms=1e3 * lat[min(len(lat) - 1, int(0.9 * len(lat)))], batch=large, images_per_s=thr,
-                peak_mb=_status_kb("VmHWM") / 1024, macs=macs, gflops=2 * macs * thr / 1e9)
+    run = lambda x: session.run(None, {inp: x.numpy()})  # noqa: E731
+    return time_fn(run, name, batch_sizes, size, 3, iters, 2, macs)
 
 
 def reference_session(module: torch.nn.Module, size: int, workdir: Path, name: str):
