@@ -19,7 +19,7 @@ tensor is transposed.
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -93,77 +93,59 @@ def _rename(rest: str, table: Dict[str, str]) -> Optional[str]:
     return None
 
 
-def _convert_timm(sd: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], List[str]]:
-    out, unmapped = {}, []
-    for key, value in sd.items():
+def _timm_key(sd: Dict[str, torch.Tensor]) -> Callable[[str], Optional[str]]:
+    def rename(key: str) -> Optional[str]:
         m = re.match(r"blocks\.(\d+)\.(\d+)\.(.+)$", key)
-        if m:
-            s, b, rest = m.groups()
-            table = TIMM_INVERTED_RESIDUAL if f"blocks.{s}.{b}.conv_pwl.weight" in sd else TIMM_DEPTHWISE_SEPARABLE
-            new = _rename(rest, table)
-            new = f"stages.{s}.{b}.{new}" if new else None
-        else:
-            new = _rename(key, TIMM_TOP)
-        if new is None:
-            unmapped.append(key)
-        else:
-            out[new] = value
-    return out, unmapped
+        if not m:
+            return _rename(key, TIMM_TOP)
+        s, b, rest = m.groups()
+        table = TIMM_INVERTED_RESIDUAL if f"blocks.{s}.{b}.conv_pwl.weight" in sd else TIMM_DEPTHWISE_SEPARABLE
+        new = _rename(rest, table)
+        return f"stages.{s}.{b}.{new}" if new else None
+    return rename
 
 
-def _convert_torchvision(sd: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], List[str]]:
-    feature_ids = {int(k.split(".")[1]) for k in sd if k.startswith("features.")}
-    head_id = max(feature_ids)
+def _torchvision_key(sd: Dict[str, torch.Tensor]) -> Callable[[str], Optional[str]]:
+    head_id = max(int(k.split(".")[1]) for k in sd if k.startswith("features."))
     layer_counts: Dict[Tuple[str, str], set] = {}
     for k in sd:
         m = re.match(r"features\.(\d+)\.(\d+)\.block\.(\d+)\.", k)
         if m:
             layer_counts.setdefault(m.groups()[:2], set()).add(m.group(3))
-    out, unmapped = {}, []
-    for key, value in sd.items():
-        new = None
+
+    def rename(key: str) -> Optional[str]:
         m = re.match(r"features\.(\d+)\.(\d+)\.block\.(\d+)\.(.+)$", key)
         if m:
             s, b, i, rest = m.groups()
             layers = TORCHVISION_BLOCK_LAYERS.get(len(layer_counts[(s, b)]))
-            if layers is not None and int(i) < len(layers):
-                layer = layers[int(i)]
-                sub = _rename(rest, TORCHVISION_SE if layer == "se" else TORCHVISION_CONV_NORM)
-                new = f"stages.{int(s) - 1}.{b}.{layer}.{sub}" if sub else None
-        else:
-            m = re.match(r"features\.(\d+)\.(.+)$", key)
-            if m and int(m.group(1)) in (0, head_id):
-                part = "stem" if m.group(1) == "0" else "head"
-                sub = _rename(m.group(2), TORCHVISION_CONV_NORM)
-                new = f"{part}.{sub}" if sub else None
-            elif key.startswith("classifier.1."):
-                new = "classifier." + key[len("classifier.1."):]
-        if new is None:
-            unmapped.append(key)
-        else:
-            out[new] = value
-    return out, unmapped
+            if layers is None or int(i) >= len(layers):
+                return None
+            layer = layers[int(i)]
+            sub = _rename(rest, TORCHVISION_SE if layer == "se" else TORCHVISION_CONV_NORM)
+            return f"stages.{int(s) - 1}.{b}.{layer}.{sub}" if sub else None
+        m = re.match(r"features\.(\d+)\.(.+)$", key)
+        if m and int(m.group(1)) in (0, head_id):
+            sub = _rename(m.group(2), TORCHVISION_CONV_NORM)
+            return f"{'stem' if m.group(1) == '0' else 'head'}.{sub}" if sub else None
+        if key.startswith("classifier.1."):
+            return "classifier." + key[len("classifier.1."):]
+        return None
+    return rename
 
 
-def _convert_lukemelas(sd: Dict[str, torch.Tensor], model: nn.Module) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+def _lukemelas_key(model: nn.Module) -> Callable[[str], Optional[str]]:
     block_ids = [(s, b) for s, stage in enumerate(model.stages) for b in range(len(stage))]
-    out, unmapped = {}, []
-    for key, value in sd.items():
-        new = None
+
+    def rename(key: str) -> Optional[str]:
         m = re.match(r"_blocks\.(\d+)\.(.+)$", key)
-        if m:
-            k, rest = int(m.group(1)), m.group(2)
-            sub = _rename(rest, LUKEMELAS_BLOCK)
-            if sub and k < len(block_ids):
-                s, b = block_ids[k]
-                new = f"stages.{s}.{b}.{sub}"
-        else:
-            new = _rename(key, LUKEMELAS_TOP)
-        if new is None:
-            unmapped.append(key)
-        else:
-            out[new] = value
-    return out, unmapped
+        if not m:
+            return _rename(key, LUKEMELAS_TOP)
+        k, sub = int(m.group(1)), _rename(m.group(2), LUKEMELAS_BLOCK)
+        if sub is None or k >= len(block_ids):
+            return None
+        s, b = block_ids[k]
+        return f"stages.{s}.{b}.{sub}"
+    return rename
 
 
 def convert_state_dict(state_dict: Dict[str, torch.Tensor], model: nn.Module
@@ -186,9 +168,16 @@ def convert_state_dict(state_dict: Dict[str, torch.Tensor], model: nn.Module
     if fmt == "effnet":
         return dict(state_dict), fmt, []
     if fmt == "timm":
-        out, unmapped = _convert_timm(state_dict)
+        rename = _timm_key(state_dict)
     elif fmt == "torchvision":
-        out, unmapped = _convert_torchvision(state_dict)
+        rename = _torchvision_key(state_dict)
     else:
-        out, unmapped = _convert_lukemelas(state_dict, model)
+        rename = _lukemelas_key(model)
+    out, unmapped = {}, []
+    for key, value in state_dict.items():
+        new = rename(key)
+        if new is None:
+            unmapped.append(key)
+        else:
+            out[new] = value
     return out, fmt, unmapped
