@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 import effnet
 from effnet.analysis import count_macs, model_stats
