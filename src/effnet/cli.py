@@ -81,8 +81,12 @@ def _class_names(model) -> list[str]:
     return [f"class_{i}" for i in range(model.num_classes)]
 
 
-def _build_model(args: argparse.Namespace):
-    """The model the --model/--weights/--pretrained arguments ask for, in eval mode."""
+def _build_model(args: argparse.Namespace, warn_random: bool = True):
+    """The model the --model/--weights/--pretrained arguments ask for, in eval mode.
+
+    Without weights the model is randomly initialised; ``warn_random`` says so on stderr
+    (not for benchmarks, whose speed does not depend on the weights' values).
+    """
     from .registry import create_model, from_pretrained
     from .weights import CONFIG_NAME
 
@@ -94,8 +98,9 @@ def _build_model(args: argparse.Namespace):
         return create_model(args.model, weights=args.weights, num_classes=None).eval()
     if args.pretrained:
         return create_model(args.model, pretrained=args.pretrained).eval()
-    print(f"note: {args.model} has random weights (no --weights or --pretrained); predictions are meaningless",
-          file=sys.stderr)
+    if warn_random:
+        print(f"note: {args.model} has random weights (no --weights or --pretrained); predictions are meaningless",
+              file=sys.stderr)
     return create_model(args.model).eval()
 
 
@@ -232,7 +237,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = _build_model(args) if (args.weights or args.pretrained) else _quiet_model(args.model)
+    model = _build_model(args, warn_random=False)
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     calibration = _calibration_batches(model, args.calibration) if "onnx-int8" in engines else None
     sizes = [int(b) for b in args.batch_sizes.split(",")]
@@ -250,14 +255,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
           f"latency at batch {min(sizes)}, throughput at batch {max(sizes)}")
     print(format_table(rows))
     return 0
-
-
-def _quiet_model(name: Optional[str]):
-    from .registry import create_model
-
-    if name is None:
-        raise SystemExit("error: --model is required")
-    return create_model(name).eval()       # speed does not depend on the weights' values
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
