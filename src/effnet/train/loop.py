@@ -370,8 +370,6 @@ def fit(model: Union[str, nn.Module], data: Union[str, Path], epochs: int, batch
                   + (f", {int(n_skipped)} unreadable images skipped" if n_skipped else ""), flush=True)
             if run_dir is not None:
                 if row["val_top1"] > best_top1:
-                    eval_model.config = net.config
-                    eval_model.class_names = net.class_names
                     eval_model.save_pretrained(run_dir / "best", class_names=list(classes))
                 best_top1 = max(best_top1, row["val_top1"])
                 _write_metrics(history, run_dir / "metrics.csv")
@@ -398,5 +396,4 @@ def fit(model: Union[str, nn.Module], data: Union[str, Path], epochs: int, batch
         dist.broadcast(best, 0)
         best_top1 = best.item()
     final = ema.module if ema is not None else net
-    final.config, final.class_names = net.config, net.class_names
     return FitResult(best_top1=best_top1, history=history, run_dir=run_dir, model=final, skipped=skipped_total)
