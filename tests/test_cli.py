@@ -95,3 +95,26 @@ def test_bad_weight_file_is_an_error_not_a_traceback(tmp_path, data, capsys):
     image = data / "imagenet-samples" / "images" / "n01443537_goldfish.JPEG"
     assert main(["predict", str(image), "--model", "efficientnet_b0", "--weights", str(tmp_path / "empty.pth")]) == 1
     assert "is empty" in capsys.readouterr().err
+
+
+def test_predict_engines_agree_with_eager(tmp_path, data, capsys):
+    tflite = data / "weights" / "efficientnet-lite0_int8_modelmaker_3class.tflite"
+    images = sorted((data / "finetune" / "hymenoptera_data" / "val" / "bees").iterdir())[:3]
+    results = {}
+    for engine in ("eager", "onnx", "openvino"):
+        argv = ["predict", *map(str, images), "--model", "efficientnet_lite0", "--weights", str(tflite),
+                "--engine", engine, "--topk", "3", "--json"]
+        assert main(argv) == 0
+        captured = capsys.readouterr()
+        results[engine] = json.loads(captured.out)
+        assert f"{engine}, batch 32" in captured.err
+    for engine in ("onnx", "openvino"):
+        for a, b in zip(results["eager"], results[engine]):
+            assert [t["index"] for t in a["top"]] == [t["index"] for t in b["top"]]
+            assert max(abs(s["prob"] - t["prob"]) for s, t in zip(a["top"], b["top"])) < 1e-4
+
+
+def test_predict_unknown_engine_is_an_error(data, capsys):
+    image = data / "imagenet-samples" / "images" / "n01443537_goldfish.JPEG"
+    assert main(["predict", str(image), "--model", "efficientnet_lite0", "--engine", "tensorrt"]) == 1
+    assert "unknown engine 'tensorrt'" in capsys.readouterr().err

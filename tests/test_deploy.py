@@ -47,6 +47,32 @@ def test_onnx_export_matches_eager(name, tmp_path):
     assert ref.std() > 0.1 and np.abs(out - ref).max() < 1e-4
 
 
+@pytest.mark.parametrize("name", ["efficientnet_b0", "efficientnet_lite0"])
+def test_openvino_matches_eager_at_every_batch_split(name, tmp_path):
+    torch.manual_seed(0)
+    model = randomize_bn(effnet.create_model(name)).eval()
+    path = deploy.export_onnx(model, tmp_path / f"{name}.onnx", input_size=96)
+    ov = deploy.OpenVinoModel(path, threads=2, streams=2)
+    for n in (1, 4, 5):             # one request; two equal chunks; chunks of 3 and 2 (two compiled shapes)
+        x = torch.randn(n, 3, 96, 96)
+        with torch.no_grad():
+            ref = model(x).numpy()
+        out = ov(x)
+        assert out.shape == ref.shape and ref.std() > 0.05
+        assert np.abs(out - ref).max() < 1e-4 * max(1.0, np.abs(ref).max()), (n, np.abs(out - ref).max())
+    assert {shape[0] for shape, _ in ov._compiled} == {1, 2, 3}
+    x = torch.randn(5, 3, 96, 96)                 # the default: one request per batch, any size
+    np.testing.assert_allclose(deploy.OpenVinoModel(path, threads=2)(x), ov(x), rtol=0, atol=1e-5)
+
+
+def test_openvino_missing_is_a_clear_error(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "openvino", None)        # import openvino now raises ImportError
+    with pytest.raises(ImportError, match=r"pip install 'effnet\[openvino\]'"):
+        deploy.OpenVinoModel(tmp_path / "any.onnx")
+
+
 def test_export_refuses_a_wrong_model(tmp_path, monkeypatch):
     model = effnet.create_model("efficientnet_lite0").eval()
     monkeypatch.setattr(deploy, "fold_bn", lambda m: _Broken(m))     # a "fold" that changes the function
@@ -76,12 +102,13 @@ def test_int8_top1_agreement_on_shared_photos(data, tmp_path):
     fp32 = deploy.export_onnx(model, tmp_path / "fp32.onnx")
     int8 = deploy.quantize_onnx_int8(fp32, tmp_path / "int8.onnx", calibration)
     assert int8.stat().st_size < 0.35 * fp32.stat().st_size
-    a, b = deploy.OnnxModel(fp32, threads=2), deploy.OnnxModel(int8, threads=2)
-    pa = np.concatenate([a(x[i:i + 64]) for i in range(0, len(x), 64)]).argmax(1)
-    pb = np.concatenate([b(x[i:i + 64]) for i in range(0, len(x), 64)]).argmax(1)
-    agreement = (pa == pb).mean()
-    print(f"INT8 vs FP32 top-1 agreement over {len(x)} shared photos: {100 * agreement:.1f}%")
-    assert agreement >= 0.95
+    engines = dict(fp32=deploy.OnnxModel(fp32, threads=2), onnx_int8=deploy.OnnxModel(int8, threads=2),
+                   openvino_int8=deploy.OpenVinoModel(int8, threads=2))
+    pred = {k: np.concatenate([f(x[i:i + 64]) for i in range(0, len(x), 64)]).argmax(1) for k, f in engines.items()}
+    for k in ("onnx_int8", "openvino_int8"):
+        agreement = (pred[k] == pred["fp32"]).mean()
+        print(f"{k} vs FP32 top-1 agreement over {len(x)} shared photos: {100 * agreement:.1f}%")
+        assert agreement >= 0.95, k
 
 
 def test_export_cli_onnx_and_torchscript(tmp_path, capsys, data):
@@ -100,13 +127,28 @@ def test_export_cli_onnx_and_torchscript(tmp_path, capsys, data):
 
 
 def test_bench_prints_a_table_at_tiny_size(capsys):
+    engines = ["eager", "channels_last", "onnx", "openvino"]
     argv = ["bench", "--model", "efficientnet_b0", "--resolution", "64", "--batch-sizes", "1,2",
-            "--engines", "eager,channels_last,onnx", "--iters", "2"]
+            "--engines", ",".join(engines), "--iters", "3"]
     assert main(argv) == 0
     out = capsys.readouterr().out.splitlines()
-    table = [line.split() for line in out if line.split() and line.split()[0] in ("eager", "channels_last", "onnx")]
-    assert [r[0] for r in table] == ["eager", "channels_last", "onnx"]
-    for r in table:
-        lat, p90, batch, thr = float(r[1]), float(r[2]), int(r[3]), float(r[4])
+    table = [line.split() for line in out if line.split() and line.split()[0] in engines]
+    assert [r[0] for r in table] == engines
+    for r in table:     # engine, latency, p90, x first, batch, images/s, x first, peak MB, MACs (G), GFLOP/s
+        lat, p90, batch, thr = float(r[1]), float(r[2]), int(r[4]), float(r[5])
         assert 0 < lat <= p90 and batch == 2 and thr > 0
-        assert float(r[7]) == round(estimate_macs(effnet.get_config("efficientnet_b0").network, 64) / 1e9, 3)
+        assert float(r[8]) == round(estimate_macs(effnet.get_config("efficientnet_b0").network, 64) / 1e9, 3)
+        assert abs(float(r[9]) - 2 * float(r[8]) * thr) < 0.06 + 0.01 * float(r[9])    # GFLOP/s = 2 MACs x images/s
+    assert table[0][3] == table[0][6] == "1.00"
+
+
+def test_benchmark_interleaves_engines_and_reports_each():
+    from effnet.analysis import time_engines
+
+    order = []
+    runs = {"a": lambda x: order.append("a"), "b": lambda x: order.append("b")}
+    rows = time_engines(runs, [1, 2], 8, iters=6, warmup=1, macs=10 ** 6, rounds=3)
+    timed = order[4:]                                   # after 2 engines x 2 batch sizes x 1 warm-up run
+    assert timed[:3] == ["a"] * 3 and timed[3:6] == ["b"] * 3 and timed[6:9] == ["a"] * 3   # a, b, a, b, ...
+    assert len(timed) == 3 * 2 * (2 + 1) and [r["engine"] for r in rows] == ["a", "b"]
+    assert all(r["batch"] == 2 and r["images_per_s"] > 0 and r["latency_p90_ms"] >= r["latency_ms"] for r in rows)

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_params", "count_macs", "model_stats", "ENGINES", "build_engine", "benchmark", "time_fn",
-           "reference_models", "format_table"]
+__all__ = ["count_params", "count_macs", "model_stats", "ENGINES", "INT8_ENGINES", "build_engine", "benchmark",
+           "time_engines", "reference_models", "format_table"]
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
@@ -68,7 +68,8 @@ def model_stats(name: str, num_classes: int = 1000) -> dict:
 
 # ---- latency / throughput benchmarks ----------------------------------------------------------
 
-ENGINES = ("eager", "channels_last", "compile", "onnx", "onnx-int8")
+ENGINES = ("eager", "channels_last", "compile", "onnx", "openvino", "onnx-int8", "openvino-int8")
+INT8_ENGINES = ("onnx-int8", "openvino-int8")
 
 
 def _peak_rss_reset() -> int:
@@ -93,12 +94,25 @@ def _status_kb(field: str) -> int:
 
 
 def build_engine(model: nn.Module, engine: str, resolution: int, calibration=None, workdir=None):
-    """A callable ``f(x: Tensor (N, C, H, W)) -> logits`` running ``model`` with ``engine``.
+    """A callable ``f(x: Tensor (N, C, H, W) float32) -> Tensor (N, classes)`` running ``model`` with ``engine``.
 
-    Engines: ``eager`` (fp32 NCHW), ``channels_last`` (NHWC memory format), ``compile``
-    (torch.compile of the BN-folded model, inductor with freezing), ``onnx`` (BN folded,
-    exported and run in onnxruntime with all graph optimisations), ``onnx-int8`` (that model
-    statically quantized, calibrated on ``calibration`` batches).
+    Engines (:data:`ENGINES`):
+
+    - ``eager``: PyTorch, fp32, NCHW.
+    - ``channels_last``: PyTorch with NHWC memory format.
+    - ``compile``: torch.compile (inductor, freezing) of the BN-folded model.
+    - ``onnx``: BN folded, exported, verified and run in onnxruntime with all graph optimisations.
+    - ``openvino``: that ONNX file compiled by OpenVINO, fp32, static shapes
+      (:class:`~effnet.deploy.OpenVinoModel`; needs ``pip install 'effnet[openvino]'``).
+    - ``onnx-int8`` / ``openvino-int8``: the ONNX file statically quantized to INT8, calibrated
+      on ``calibration`` (a list of preprocessed float32 (N, C, H, W) batches of real images),
+      run in onnxruntime / OpenVINO.
+
+    ONNX engines use ``torch.get_num_threads()`` threads.
+
+    Raises:
+        ValueError: an unknown engine, or an INT8 engine without calibration batches.
+        ImportError: ``openvino*`` without OpenVINO installed.
     """
     import tempfile
     from pathlib import Path
@@ -117,63 +131,121 @@ def build_engine(model: nn.Module, engine: str, resolution: int, calibration=Non
         inductor_config.freezing = True
         compiled = torch.compile(deploy.fold_bn(model))
         return lambda x: compiled(x)
-    if engine in ("onnx", "onnx-int8"):
+    if engine in ("onnx", "openvino") + INT8_ENGINES:
+        if engine in INT8_ENGINES and not calibration:
+            raise ValueError(f"{engine} needs calibration batches (preprocessed real images)")
+        if engine.startswith("openvino"):
+            deploy.OpenVinoModel.check_available()
         d = Path(workdir or tempfile.mkdtemp(prefix="effnet-bench-"))
         path = deploy.export_onnx(model, d / "model.onnx", input_size=resolution)
-        if engine == "onnx-int8":
-            if calibration is None:
-                raise ValueError("onnx-int8 needs calibration batches")
+        if engine in INT8_ENGINES:
             path = deploy.quantize_onnx_int8(path, d / "model-int8.onnx", calibration)
-        session = deploy.OnnxModel(path, threads=torch.get_num_threads())
-        return lambda x: torch.from_numpy(session(x))
-    raise ValueError(f"unknown engine {engine!r}; choose from {ENGINES}")
+        if engine.startswith("openvino"):
+            runner = deploy.OpenVinoModel(path, threads=torch.get_num_threads())
+        else:
+            runner = deploy.OnnxModel(path, threads=torch.get_num_threads())
+        return lambda x: torch.from_numpy(runner(x))
+    raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
 
 
-def time_fn(run, name: str, batch_sizes: Sequence[int], resolution: int, in_chans: int, iters: int, warmup: int,
-            macs: int) -> dict:
-    """Time ``run(x)`` at the smallest and largest batch size; one row of :func:`benchmark`."""
+def time_engines(runs: dict, batch_sizes: Sequence[int], resolution: int, in_chans: int = 3, iters: int = 10,
+                 warmup: int = 2, macs: int = 0, rounds: int = 3, peak_mb: dict | None = None,
+                 settle_s: float = 0.2) -> list[dict]:
+    """Time several engines side by side, interleaved, so that machine noise hits all alike.
+
+    Each engine is timed in ``rounds`` rounds taken in turn (engine A, B, C, A, B, C, ...),
+    ``iters`` runs per round at the smallest batch size (latency) and ``max(1, iters // 2)``
+    at the largest (throughput). On a shared machine whose speed drifts by 10-25% over
+    minutes, interleaving keeps the ratios between engines stable where timing one engine
+    after another does not.
+
+    Args:
+        runs: ``{name: f}``, each ``f(x: Tensor (N, C, H, W)) -> Tensor``, already warmed up
+            or not (``warmup`` runs per batch size are done here first).
+        batch_sizes: latency at the smallest, throughput at the largest.
+        resolution: input side in pixels.
+        macs: MACs per image, for achieved GFLOP/s (2 x MACs x images/s).
+        peak_mb: ``{name: MB}`` measured by the caller (see :func:`benchmark`); else 0.
+        settle_s: pause before each engine's turn, in seconds. onnxruntime's worker threads
+            spin for a while after a run; without the pause they take a core from whichever
+            engine is timed next (measured: OpenVINO's batch-1 latency 7.6 ms right after an
+            onnxruntime session, 5.9 ms after one that does not spin).
+
+    Returns:
+        One dict per engine, in ``runs`` order: ``engine, latency_ms`` (median over all
+        rounds), ``latency_p90_ms, batch, images_per_s`` (largest batch over its median
+        time), ``peak_mb, macs, gflops``.
+    """
     import statistics
     import time
 
     small, large = min(batch_sizes), max(batch_sizes)
-    _peak_rss_reset()
-    times = {}
+    inputs = {bs: torch.randn(bs, in_chans, resolution, resolution) for bs in {small, large}}
+    times = {name: {small: [], large: []} for name in runs}
     with torch.inference_mode():
-        for bs in sorted({small, large}):
-            x = torch.randn(bs, in_chans, resolution, resolution)
-            for _ in range(warmup):
-                run(x)
-            t = []
-            for _ in range(iters):
-                t0 = time.perf_counter()
-                run(x)
-                t.append(time.perf_counter() - t0)
-            times[bs] = sorted(t)
-    lat = times[small]
-    thr = large / statistics.median(times[large])
-    return dict(engine=name, latency_ms=1e3 * statistics.median(lat),
-                latency_p90_ms=1e3 * lat[min(len(lat) - 1, int(0.9 * len(lat)))], batch=large,
-                images_per_s=thr, peak_mb=_status_kb("VmHWM") / 1024, macs=macs, gflops=2 * macs * thr / 1e9)
+        for f in runs.values():
+            for bs in inputs:
+                for _ in range(warmup):
+                    f(inputs[bs])
+        for _ in range(max(1, rounds)):
+            for name, f in runs.items():
+                time.sleep(settle_s)           # let the previous engine's spinning worker threads go idle
+                for bs, n in ((small, max(1, iters // rounds)), (large, max(1, iters // (2 * rounds)))):
+                    for _ in range(n):
+                        t0 = time.perf_counter()
+                        f(inputs[bs])
+                        times[name][bs].append(time.perf_counter() - t0)
+    rows = []
+    for name in runs:
+        lat = sorted(times[name][small])
+        thr = large / statistics.median(times[name][large])
+        rows.append(dict(engine=name, latency_ms=1e3 * statistics.median(lat),
+                         latency_p90_ms=1e3 * lat[min(len(lat) - 1, int(0.9 * len(lat)))], batch=large,
+                         images_per_s=thr, peak_mb=(peak_mb or {}).get(name, 0.0), macs=macs,
+                         gflops=2 * macs * thr / 1e9))
+    return rows
 
 
 def benchmark(model: nn.Module, engines: Sequence[str] = ("eager",), batch_sizes: Sequence[int] = (1, 32),
-              resolution: int | None = None, iters: int = 10, warmup: int = 2, calibration=None) -> list[dict]:
-    """Measure each engine side by side in this process.
+              resolution: int | None = None, iters: int = 10, warmup: int = 2, calibration=None,
+              extra: dict | None = None, rounds: int = 3) -> list[dict]:
+    """Measure engines of ``model`` (and any ``extra`` callables) side by side in this process.
 
-    For each engine: latency at the smallest batch size (median and 90th percentile over
-    ``iters`` runs, milliseconds), throughput at the largest (images/s, median run), the
-    process's peak resident memory while running (MB; Linux VmHWM, reset after the engine
-    is built so export/compile memory is not counted), MACs per image and achieved GFLOP/s
-    (2 x MACs x images/s).
+    Every engine is built first; its peak memory is its working memory in MB: the rise of
+    the process's peak resident set (Linux VmHWM, reset after building) over the resident
+    size after building, during one first run at each batch size: activations, workspaces
+    and weights packed on first use, not the weights loaded while building, nor export or
+    compilation. Then all are timed interleaved by
+    :func:`time_engines`: latency at the smallest batch size (median and 90th percentile,
+    ms), throughput at the largest (images/s), MACs per image and achieved GFLOP/s.
+
+    Args:
+        model: an EfficientNet in eval mode.
+        engines: names from :data:`ENGINES`.
+        resolution: input side in pixels (default: the model's preprocessing size).
+        iters: timed runs at the small batch size over all rounds (half as many at the large).
+        calibration: preprocessed real-image batches for the INT8 engines.
+        extra: ``{label: f}`` other callables to time in the same rounds (a reference
+            implementation, another project's model), listed first in the result.
+        rounds: interleaved rounds.
 
     Returns:
-        One dict per engine: ``engine, latency_ms, latency_p90_ms, batch, images_per_s,
-        peak_mb, macs, gflops``.
+        One dict per callable, ``extra`` first: ``engine, latency_ms, latency_p90_ms, batch,
+        images_per_s, peak_mb, macs, gflops``.
     """
     resolution = resolution or model.config.preprocess.input_size
     macs = count_macs(model, resolution)
-    return [time_fn(build_engine(model, engine, resolution, calibration), engine, batch_sizes, resolution,
-                    model.in_chans, iters, warmup, macs) for engine in engines]
+    runs, peak = {}, {}
+    todo = [(label, f) for label, f in (extra or {}).items()] + [(e, None) for e in engines]
+    with torch.inference_mode():
+        for name, f in todo:
+            f = f or build_engine(model, name, resolution, calibration)
+            rss0 = _peak_rss_reset()
+            for bs in sorted({min(batch_sizes), max(batch_sizes)}):
+                f(torch.randn(bs, model.in_chans, resolution, resolution))
+            peak[name] = max(0.0, (_status_kb("VmHWM") * 1024 - rss0) / 2 ** 20)
+            runs[name] = f
+    return time_engines(runs, batch_sizes, resolution, model.in_chans, iters, warmup, macs, rounds, peak)
 
 
 def reference_models(name: str) -> dict:
@@ -205,12 +277,18 @@ def reference_models(name: str) -> dict:
 
 
 def format_table(rows: list[dict]) -> str:
-    """The rows of :func:`benchmark` as an aligned text table, with throughput ratios to the first row."""
-    head = (f"{'engine':<26}{'lat b1 (ms)':>12}{'p90 (ms)':>10}{'batch':>7}{'images/s':>10}{'x first':>9}"
-            f"{'peak RSS MB':>12}{'MACs (G)':>10}{'GFLOP/s':>9}")
+    """The rows of :func:`benchmark` as an aligned text table.
+
+    Columns: latency at the small batch (median, 90th percentile, ms) and its ratio to the
+    first row's, the large batch, throughput (images/s) and its ratio to the first row's,
+    peak memory (MB), MACs per image (G) and achieved GFLOP/s.
+    """
+    head = (f"{'engine':<26}{'latency ms':>11}{'p90 ms':>8}{'x first':>8}{'batch':>6}{'images/s':>10}{'x first':>8}"
+            f"{'peak MB':>8}{'MACs (G)':>9}{'GFLOP/s':>8}")
     lines = [head]
     for r in rows:
-        lines.append(f"{r['engine']:<26}{r['latency_ms']:>12.2f}{r['latency_p90_ms']:>10.2f}{r['batch']:>7}"
-                     f"{r['images_per_s']:>10.1f}{r['images_per_s'] / rows[0]['images_per_s']:>9.2f}"
-                     f"{r['peak_mb']:>12.0f}{r['macs'] / 1e9:>10.3f}{r['gflops']:>9.1f}")
+        lines.append(f"{r['engine']:<26}{r['latency_ms']:>11.2f}{r['latency_p90_ms']:>8.2f}"
+                     f"{r['latency_ms'] / rows[0]['latency_ms']:>8.2f}{r['batch']:>6}"
+                     f"{r['images_per_s']:>10.1f}{r['images_per_s'] / rows[0]['images_per_s']:>8.2f}"
+                     f"{r['peak_mb']:>8.0f}{r['macs'] / 1e9:>9.3f}{r['gflops']:>8.1f}")
     return "\n".join(lines)

@@ -113,6 +113,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     transform = eval_transform(model.config)
     names = _class_names(model)
     files = _collect_images(args.inputs)
+    run = model
+    if args.engine != "eager":
+        from .analysis import INT8_ENGINES, build_engine
+
+        calibration = _calibration_batches(model, args.calibration) if args.engine in INT8_ENGINES else None
+        run = build_engine(model, args.engine, model.config.preprocess.input_size, calibration)
     results, failed = [], 0
     t_decode = t_model = 0.0
     for start in range(0, len(files), args.batch_size):
@@ -131,7 +137,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             continue
         x = torch.stack(batch)
         with torch.inference_mode():
-            probs = model(x).softmax(dim=1)
+            probs = run(x).float().softmax(dim=1)
         t_model += time.perf_counter() - t1
         if args.verbose:
             print(f"batch input {tuple(x.shape)} {x.dtype} -> logits {tuple(probs.shape)}", file=sys.stderr)
@@ -148,7 +154,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     n = len(results)
     if n:
         print(f"{n} images ({failed} skipped): decode+preprocess {t_decode:.2f} s, model {t_model:.2f} s "
-              f"({n / t_model:.1f} images/s, batch {args.batch_size}, {torch.get_num_threads()} threads)",
+              f"({n / t_model:.1f} images/s, {args.engine}, batch {args.batch_size}, "
+              f"{torch.get_num_threads()} threads)",
               file=sys.stderr)
     return 0 if n or not files else 1
 
@@ -194,8 +201,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _calibration_batches(model, folder: Optional[str], n: int = 64, batch: int = 16):
-    """Preprocessed real images for INT8 calibration (the shared ImageNet samples by default)."""
+def _calibration_batches(model, folder: Optional[str], n: int = 64, batch: int = 16, size: Optional[int] = None):
+    """Preprocessed real images for INT8 calibration (the shared ImageNet samples by default).
+
+    ``size``: the input side in pixels when it is not the model's own (same crop_pct).
+    """
+    import dataclasses
+
     import torch
 
     from .data import data_dir, eval_transform, load_image
@@ -204,7 +216,8 @@ def _calibration_batches(model, folder: Optional[str], n: int = 64, batch: int =
     files = _collect_images([str(root)])[:n]
     if not files:
         raise SystemExit(f"error: no calibration images in {root}; pass --calibration DIR")
-    t = eval_transform(model.config)
+    pre = model.config.preprocess
+    t = eval_transform(dataclasses.replace(pre, input_size=size) if size else pre)
     x = torch.stack([t(load_image(f)) for f in files]).numpy()
     return [x[i:i + batch] for i in range(0, len(x), batch)]
 
@@ -225,7 +238,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         deploy.export_onnx(model, out, input_size=size)
     else:
         fp32 = deploy.export_onnx(model, out.with_suffix(".fp32.onnx"), input_size=size)
-        deploy.quantize_onnx_int8(fp32, out, _calibration_batches(model, args.calibration))
+        deploy.quantize_onnx_int8(fp32, out, _calibration_batches(model, args.calibration, size=size))
     print(f"wrote {out} ({out.stat().st_size / 2 ** 20:.1f} MB, {args.format}, input 1x{model.in_chans}x{size}x{size})")
     return 0
 
@@ -233,26 +246,31 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from .analysis import benchmark, format_table
+    from .analysis import INT8_ENGINES, benchmark, format_table
 
     if args.threads:
         torch.set_num_threads(args.threads)
     model = _build_model(args, warn_random=False)
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    calibration = _calibration_batches(model, args.calibration) if "onnx-int8" in engines else None
+    calibration = (_calibration_batches(model, args.calibration, size=args.resolution)
+                   if set(engines) & set(INT8_ENGINES) else None)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
-    rows = benchmark(model, engines, sizes, args.resolution, args.iters, calibration=calibration)
-    res = args.resolution or model.config.preprocess.input_size
+    extra = {}
     if args.compare:
-        from .analysis import reference_models, time_fn
+        from .analysis import reference_models
 
         for label, ref in reference_models(model.config.name).items():
             if ref is None:
                 print(f"note: {label} is not importable here; left out of the comparison", file=sys.stderr)
-                continue
-            rows.append(time_fn(ref, f"{label} eager", sizes, res, 3, args.iters, 2, rows[0]["macs"]))
+            else:
+                extra[f"{label} eager"] = ref
+    rows = benchmark(model, engines, sizes, args.resolution, args.iters, calibration=calibration, extra=extra,
+                     rounds=args.rounds)
+    rows = rows[len(extra):] + rows[:len(extra)]          # effnet's engines first, ratios against the first
+    res = args.resolution or model.config.preprocess.input_size
     print(f"{model.config.name} at {res}x{res} px, {torch.get_num_threads()} threads, fp32 unless named; "
-          f"latency at batch {min(sizes)}, throughput at batch {max(sizes)}")
+          f"latency at batch {min(sizes)}, throughput at batch {max(sizes)}; engines timed interleaved "
+          f"in {args.rounds} rounds")
     print(format_table(rows))
     return 0
 
@@ -285,6 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--json", action="store_true", help="print results as JSON")
+    p.add_argument("--engine", default="eager",
+                   help="eager, channels_last, compile, onnx, openvino, onnx-int8 or openvino-int8; "
+                        "the INT8 ones calibrate on --calibration")
+    p.add_argument("--calibration", default=None, help="image folder for INT8 calibration (default: ImageNet samples)")
     p.add_argument("-v", "--verbose", action="store_true", help="print batch shapes")
     p.set_defaults(func=_cmd_predict)
 
@@ -333,12 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="latency, throughput, memory and GFLOP/s per inference engine")
     _add_model_args(p)
     p.add_argument("--engines", default="eager,channels_last,onnx",
-                   help="comma list of eager, channels_last, compile, onnx, onnx-int8")
+                   help="comma list of eager, channels_last, compile, onnx, openvino, onnx-int8, openvino-int8")
     p.add_argument("--batch-sizes", default="1,32")
     p.add_argument("--resolution", type=int, default=None)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--calibration", default=None)
+    p.add_argument("--calibration", default=None, help="image folder for INT8 calibration (default: ImageNet samples)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds over all engines")
     p.add_argument("--compare", action="store_true",
                    help="add the timm, torchvision and EfficientNet-PyTorch models (eager) where importable")
     p.set_defaults(func=_cmd_bench)
@@ -353,7 +376,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyError as e:  # unknown model names carry their suggestion in the message
         print(f"error: {e.args[0]}", file=sys.stderr)
         return 2
-    except (OSError, ValueError, RuntimeError) as e:   # bad files, downloads, mismatched weights
+    except (OSError, ValueError, RuntimeError, ImportError) as e:   # bad files, downloads, weights, extras
         print(f"error: {e}", file=sys.stderr)
         return 1
 
