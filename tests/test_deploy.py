@@ -52,17 +52,32 @@ def test_openvino_matches_eager_at_every_batch_split(name, tmp_path):
     torch.manual_seed(0)
     model = randomize_bn(effnet.create_model(name)).eval()
     path = deploy.export_onnx(model, tmp_path / f"{name}.onnx", input_size=96)
-    ov = deploy.OpenVinoModel(path, threads=2, streams=2)
-    for n in (1, 4, 5):             # one request; two equal chunks; chunks of 3 and 2 (two compiled shapes)
+    ov = deploy.OpenVinoModel(path, threads=2, micro_batch=4)
+    for n in (1, 4, 9):             # one request; one micro-batch; micro-batches of 4, 4 and 1
         x = torch.randn(n, 3, 96, 96)
         with torch.no_grad():
             ref = model(x).numpy()
         out = ov(x)
         assert out.shape == ref.shape and ref.std() > 0.05
         assert np.abs(out - ref).max() < 1e-4 * max(1.0, np.abs(ref).max()), (n, np.abs(out - ref).max())
-    assert {shape[0] for shape, _ in ov._compiled} == {1, 2, 3}
-    x = torch.randn(5, 3, 96, 96)                 # the default: one request per batch, any size
-    np.testing.assert_allclose(deploy.OpenVinoModel(path, threads=2)(x), ov(x), rtol=0, atol=1e-5)
+    assert sorted(shape[0] for shape in ov._requests) == [1, 4]          # one compiled model per shape met
+    x = torch.randn(9, 3, 96, 96)                                         # the whole batch in one request
+    np.testing.assert_allclose(deploy.OpenVinoModel(path, threads=2, micro_batch=None)(x), ov(x), rtol=0, atol=1e-5)
+
+
+def test_micro_batches_cover_the_batch_in_order(tmp_path):
+    calls = []
+
+    def run(b):
+        calls.append(len(b))
+        return b[:, :1, 0, 0] * 2
+
+    x = np.arange(10, dtype=np.float32).reshape(10, 1, 1, 1)
+    out = deploy.run_in_micro_batches(run, x, 4)
+    assert calls == [4, 4, 2] and out[:, 0].tolist() == [2.0 * i for i in range(10)]
+    assert deploy.run_in_micro_batches(run, x, None).shape == (10, 1) and calls[-1] == 10
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        deploy.OpenVinoModel(tmp_path / "never-read.onnx")(np.zeros((3, 224, 224)))   # checked before compiling
 
 
 def test_openvino_missing_is_a_clear_error(monkeypatch, tmp_path):
