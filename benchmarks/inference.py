@@ -22,6 +22,7 @@ import torch
 
 import effnet
 from effnet.analysis import INT8_ENGINES, benchmark
+from effnet.deploy import calibration_batches
 
 
 def reference_session(module: torch.nn.Module, size: int, workdir: Path, name: str):
@@ -80,14 +81,7 @@ def main() -> None:
                 extra["lukemelas-onnx"] = reference_session(lm, size, Path(d), "lukemelas")
         except ImportError:
             pass
-        calibration = None
-        if set(engines) & set(INT8_ENGINES):
-            from effnet.data import data_dir, eval_transform, load_image
-
-            files = sorted((data_dir() / "imagenet-samples" / "images").iterdir())[:64]
-            t = eval_transform(model.config)
-            x = torch.stack([t(load_image(f)) for f in files]).numpy()
-            calibration = [x[i:i + 16] for i in range(0, len(x), 16)]
+        calibration = calibration_batches(model) if set(engines) & set(INT8_ENGINES) else None   # 64 photos
         rows = benchmark(model, engines, sizes, size, args.iters, calibration=calibration, extra=extra,
                          rounds=args.rounds)
     ref = rows[0]

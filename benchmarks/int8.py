@@ -22,7 +22,7 @@ import torch
 import effnet
 from effnet import deploy
 from effnet.analysis import count_macs, time_engines
-from effnet.data import ImageDataset, data_dir, eval_transform, load_image
+from effnet.data import ImageDataset, data_dir, eval_transform
 
 
 def main() -> None:
@@ -43,7 +43,7 @@ def main() -> None:
     cal_files = sorted(f for f in Path(args.calibration).rglob("*") if f.suffix.lower() in (".jpg", ".jpeg", ".png"))
     rng = np.random.default_rng(0)                        # a fixed sample across classes, not the first folder
     cal_files = [cal_files[i] for i in sorted(rng.choice(len(cal_files), args.calibration_images, replace=False))]
-    cal = torch.stack([t(load_image(f)) for f in cal_files]).numpy()
+    calibration = deploy.calibration_batches(model, cal_files, n=len(cal_files))
     val = ImageDataset.from_folder(args.val, t)
     if model.class_names and list(model.class_names) != list(val.classes):
         raise SystemExit(f"the model's classes {model.class_names} are not the val folder's {val.classes}")
@@ -52,7 +52,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as d:
         fp32 = deploy.export_onnx(model, Path(d) / "fp32.onnx")
-        int8 = deploy.quantize_onnx_int8(fp32, Path(d) / "int8.onnx", [cal[i:i + 16] for i in range(0, len(cal), 16)])
+        int8 = deploy.quantize_onnx_int8(fp32, Path(d) / "int8.onnx", calibration)
         runners = {"onnx": deploy.OnnxModel(fp32, threads=args.threads),
                    "openvino": deploy.OpenVinoModel(fp32, threads=args.threads),
                    "onnx-int8": deploy.OnnxModel(int8, threads=args.threads),
@@ -65,11 +65,11 @@ def main() -> None:
             eager_pred = model(torch.from_numpy(x_val)).argmax(1).numpy()
         top1_eager = 100.0 * float((eager_pred == y_val).mean())
         file_mb = {k: (int8 if "int8" in k else fp32).stat().st_size / 2 ** 20 for k in runners}
-        rows = time_engines({k: (lambda f: lambda x: f(x))(f) for k, f in runners.items()}, [1, args.batch_size],
+        rows = time_engines(runners, [1, args.batch_size],
                             size, iters=args.iters, rounds=args.rounds, macs=count_macs(model, size))
     fastest_fp32 = max(r["images_per_s"] for r in rows if "int8" not in r["engine"])
     print(f"{model.config.name} from {args.weights}, {size}x{size}, {args.threads} threads; val {len(y_val)} images "
-          f"({args.val}); eager fp32 top-1 {top1_eager:.2f}%; INT8 calibrated on {len(cal)} images of "
+          f"({args.val}); eager fp32 top-1 {top1_eager:.2f}%; INT8 calibrated on {len(cal_files)} images of "
           f"{args.calibration}; throughput at batch {args.batch_size}, ratios against the fastest fp32 engine")
     print(f"{'engine':<15}{'lat b1 ms':>10}{'images/s':>10}{'x fp32':>8}{'val top-1':>11}{'file MB':>9}")
     for r in rows:

@@ -154,8 +154,8 @@ def time_engines(runs: dict, batch_sizes: Sequence[int], resolution: int, in_cha
     """Time several engines side by side, interleaved, so that machine noise hits all alike.
 
     Each engine is timed in ``rounds`` rounds taken in turn (engine A, B, C, A, B, C, ...),
-    ``iters`` runs per round at the smallest batch size (latency) and ``max(1, iters // 2)``
-    at the largest (throughput). On a shared machine whose speed drifts by 10-25% over
+    ``iters // rounds`` runs per round at the smallest batch size (latency) and
+    ``iters // (2 * rounds)`` at the largest (throughput), at least one of each. On a shared machine whose speed drifts by 10-25% over
     minutes, interleaving keeps the ratios between engines stable where timing one engine
     after another does not.
 

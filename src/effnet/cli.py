@@ -113,12 +113,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     transform = eval_transform(model.config)
     names = _class_names(model)
     files = _collect_images(args.inputs)
-    run = model
-    if args.engine != "eager":
-        from .analysis import INT8_ENGINES, build_engine
+    from .analysis import INT8_ENGINES, build_engine
+    from .deploy import calibration_batches
 
-        calibration = _calibration_batches(model, args.calibration) if args.engine in INT8_ENGINES else None
-        run = build_engine(model, args.engine, model.config.preprocess.input_size, calibration)
+    calibration = calibration_batches(model, args.calibration) if args.engine in INT8_ENGINES else None
+    run = build_engine(model, args.engine, model.config.preprocess.input_size, calibration)
     results, failed = [], 0
     t_decode = t_model = 0.0
     for start in range(0, len(files), args.batch_size):
@@ -201,27 +200,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _calibration_batches(model, folder: Optional[str], n: int = 64, batch: int = 16, size: Optional[int] = None):
-    """Preprocessed real images for INT8 calibration (the shared ImageNet samples by default).
-
-    ``size``: the input side in pixels when it is not the model's own (same crop_pct).
-    """
-    import dataclasses
-
-    import torch
-
-    from .data import data_dir, eval_transform, load_image
-
-    root = Path(folder) if folder else data_dir() / "imagenet-samples" / "images"
-    files = _collect_images([str(root)])[:n]
-    if not files:
-        raise SystemExit(f"error: no calibration images in {root}; pass --calibration DIR")
-    pre = model.config.preprocess
-    t = eval_transform(dataclasses.replace(pre, input_size=size) if size else pre)
-    x = torch.stack([t(load_image(f)) for f in files]).numpy()
-    return [x[i:i + batch] for i in range(0, len(x), batch)]
-
-
 def _cmd_export(args: argparse.Namespace) -> int:
     import torch
 
@@ -238,7 +216,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         deploy.export_onnx(model, out, input_size=size)
     else:
         fp32 = deploy.export_onnx(model, out.with_suffix(".fp32.onnx"), input_size=size)
-        deploy.quantize_onnx_int8(fp32, out, _calibration_batches(model, args.calibration, size=size))
+        deploy.quantize_onnx_int8(fp32, out, deploy.calibration_batches(model, args.calibration, size=size))
     print(f"wrote {out} ({out.stat().st_size / 2 ** 20:.1f} MB, {args.format}, input 1x{model.in_chans}x{size}x{size})")
     return 0
 
@@ -247,12 +225,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
     from .analysis import INT8_ENGINES, benchmark, format_table
+    from .deploy import calibration_batches
 
     if args.threads:
         torch.set_num_threads(args.threads)
     model = _build_model(args, warn_random=False)
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    calibration = (_calibration_batches(model, args.calibration, size=args.resolution)
+    calibration = (calibration_batches(model, args.calibration, size=args.resolution)
                    if set(engines) & set(INT8_ENGINES) else None)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     extra = {}

@@ -14,7 +14,7 @@ import copy
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from ._io import atomic_write
 from .layers import ConvNormAct
 
 __all__ = ["fold_bn", "export_onnx", "onnx_session", "OnnxModel", "OpenVinoModel", "run_in_micro_batches",
-           "MICRO_BATCH", "quantize_onnx_int8", "ExportError"]
+           "MICRO_BATCH", "calibration_batches", "quantize_onnx_int8", "ExportError"]
 
 
 class ExportError(RuntimeError):
@@ -231,6 +231,46 @@ class OpenVinoModel:
 
     def __call__(self, x: Union[np.ndarray, torch.Tensor]) -> np.ndarray:
         return run_in_micro_batches(self._run, _as_batch(x), self.micro_batch)
+
+
+def calibration_batches(model: nn.Module, images: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]], None] = None,
+                        n: int = 64, batch: int = 16, size: Optional[int] = None) -> List[np.ndarray]:
+    """Real images preprocessed for INT8 calibration, as :func:`quantize_onnx_int8` takes them.
+
+    Args:
+        model: the model to quantize (its eval preprocessing is used).
+        images: a folder (searched recursively, sorted), one image file or a list of image
+            files; default the shared ImageNet sample photos (``$EFFNET_DATA/imagenet-samples/images``).
+        n: the first ``n`` images are used.
+        batch: images per returned batch.
+        size: input side in pixels when it is not the model's own (same crop_pct).
+
+    Returns:
+        float32 arrays (<= batch, C, size, size).
+
+    Raises:
+        ValueError: no images found.
+        ImageDecodeError: an image cannot be decoded (calibrating on fewer images than asked
+            would silently change the quantization ranges).
+    """
+    import dataclasses
+
+    from .data import IMAGE_EXTENSIONS, data_dir, eval_transform, load_image
+
+    if images is None or isinstance(images, (str, os.PathLike)):
+        root = Path(images) if images is not None else data_dir() / "imagenet-samples" / "images"
+        files = (sorted(f for f in root.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS) if root.is_dir()
+                 else [root] if root.is_file() else [])
+        where = str(root)
+    else:
+        files, where = [Path(f) for f in images], "the given list"
+    files = files[:n]
+    if not files:
+        raise ValueError(f"no calibration images in {where}; pass a folder of real images (--calibration DIR)")
+    pre = model.config.preprocess
+    t = eval_transform(dataclasses.replace(pre, input_size=size) if size else pre)
+    x = torch.stack([t(load_image(f)) for f in files]).numpy()
+    return [x[i:i + batch] for i in range(0, len(x), batch)]
 
 
 def quantize_onnx_int8(fp32_path: Union[str, os.PathLike], out_path: Union[str, os.PathLike],
