@@ -5,7 +5,8 @@ torch.onnx (BatchNorm not folded) and run in onnxruntime with default session se
 EfficientNet-PyTorch's own model, exported the same way, is added when it is installed.
 All engines are built first, then timed interleaved (reference, engine 1, engine 2, ...,
 reference, ...) so that the machine's drift hits them alike; ratios are latency over the
-reference path's latency and throughput over its throughput.
+reference path's latency and throughput over its throughput, each the median of the ratios
+within rounds (effnet.analysis.paired_ratio).
 
     python benchmarks/inference.py [--model efficientnet_b0] [--weights W] [--engines ...]
                                    [--iters 30] [--rounds 5]
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 
 import effnet
-from effnet.analysis import INT8_ENGINES, benchmark
+from effnet.analysis import INT8_ENGINES, benchmark, paired_ratio
 from effnet.deploy import calibration_batches
 
 
@@ -92,8 +93,8 @@ def main() -> None:
           f"{'peak MB':>9}{'GFLOP/s':>9}")
     for r in rows:
         print(f"{r['engine']:<16}{r['latency_ms']:>8.2f}{r['latency_p90_ms']:>8.2f}"
-              f"{r['latency_ms'] / ref['latency_ms']:>10.2f}{r['images_per_s']:>10.1f}"
-              f"{r['images_per_s'] / ref['images_per_s']:>10.2f}{r['peak_mb']:>9.0f}{r['gflops']:>9.1f}")
+              f"{paired_ratio(r, ref):>10.2f}{r['images_per_s']:>10.1f}"
+              f"{paired_ratio(r, ref, 'images_per_s'):>10.2f}{r['peak_mb']:>9.0f}{r['gflops']:>9.1f}")
 
 
 if __name__ == "__main__":

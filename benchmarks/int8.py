@@ -21,7 +21,7 @@ import torch
 
 import effnet
 from effnet import deploy
-from effnet.analysis import count_macs, time_engines
+from effnet.analysis import count_macs, paired_ratio, time_engines
 from effnet.data import ImageDataset, data_dir, eval_transform
 
 
@@ -67,14 +67,14 @@ def main() -> None:
         file_mb = {k: (int8 if "int8" in k else fp32).stat().st_size / 2 ** 20 for k in runners}
         rows = time_engines(runners, [1, args.batch_size],
                             size, iters=args.iters, rounds=args.rounds, macs=count_macs(model, size))
-    fastest_fp32 = max(r["images_per_s"] for r in rows if "int8" not in r["engine"])
+    fastest_fp32 = max((r for r in rows if "int8" not in r["engine"]), key=lambda r: r["images_per_s"])
     print(f"{model.config.name} from {args.weights}, {size}x{size}, {args.threads} threads; val {len(y_val)} images "
           f"({args.val}); eager fp32 top-1 {top1_eager:.2f}%; INT8 calibrated on {len(cal_files)} images of "
           f"{args.calibration}; throughput at batch {args.batch_size}, ratios against the fastest fp32 engine")
     print(f"{'engine':<15}{'lat b1 ms':>10}{'images/s':>10}{'x fp32':>8}{'val top-1':>11}{'file MB':>9}")
     for r in rows:
         print(f"{r['engine']:<15}{r['latency_ms']:>10.2f}{r['images_per_s']:>10.1f}"
-              f"{r['images_per_s'] / fastest_fp32:>8.2f}{top1[r['engine']]:>10.2f}%"
+              f"{paired_ratio(r, fastest_fp32, 'images_per_s'):>8.2f}{top1[r['engine']]:>10.2f}%"
               f"{file_mb[r['engine']]:>9.1f}")
 
 

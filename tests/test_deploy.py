@@ -65,6 +65,61 @@ def test_openvino_matches_eager_at_every_batch_split(name, tmp_path):
     np.testing.assert_allclose(deploy.OpenVinoModel(path, threads=2, micro_batch=None)(x), ov(x), rtol=0, atol=1e-5)
 
 
+def test_blocked_se_graph_rewrites_every_b0_se_block_and_computes_the_same(tmp_path):
+    from effnet.ort_graph import blocked_se_graph, nchwc_block_size
+
+    torch.manual_seed(0)
+    model = randomize_bn(effnet.create_model("efficientnet_b0")).eval()
+    path = deploy.export_onnx(model, tmp_path / "b0.onnx", input_size=96)
+    graph, rewritten = blocked_se_graph(str(path), threads=2)
+    block = nchwc_block_size()
+    if block is None:                    # a CPU without onnxruntime NCHWc kernels: nothing to rewrite
+        assert rewritten == 0
+        return
+    assert block in (8, 16)
+    # b0's 16 SE blocks all have channel counts that are multiples of 8 and 16: all rewritten,
+    # and no SE multiply is left between a ReorderOutput and a ReorderInput.
+    assert rewritten == 16
+    ops = [n.op_type for n in graph.graph.node]
+    assert ops.count("GlobalAveragePool") == 16 and ops.count("Tile") == 16
+    assert ops.count("ReorderInput") + ops.count("ReorderOutput") <= 8, ops
+    blocked, plain = deploy.onnx_session(path, threads=2), deploy.onnx_session(path, threads=2, optimization="all")
+    for n in (1, 3):
+        x = torch.randn(n, 3, 96, 96)
+        with torch.no_grad():
+            ref = model(x).numpy()
+        got, want = blocked.run(None, {"input": x.numpy()})[0], plain.run(None, {"input": x.numpy()})[0]
+        assert ref.std() > 0.05
+        assert np.abs(got - want).max() < 1e-5 * np.abs(want).max() and np.abs(got - ref).max() < 1e-4
+
+
+def test_blocked_session_falls_back_when_the_rewrite_is_wrong(tmp_path, monkeypatch):
+    import effnet.ort_graph as og
+    from onnx import numpy_helper
+
+    torch.manual_seed(0)
+    model = randomize_bn(effnet.create_model("efficientnet_b0")).eval()
+    path = deploy.export_onnx(model, tmp_path / "b0.onnx", input_size=64)
+    real = og.blocked_se_graph
+
+    def broken(p, threads=None):                 # the rewrite, with the classifier's weights doubled
+        graph, n = real(p, threads)
+        gemm = next(node for node in graph.graph.node if node.op_type == "Gemm")
+        w = next(t for t in graph.graph.initializer if t.name == gemm.input[1])
+        w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * 2, w.name))
+        return graph, max(n, 1)
+
+    monkeypatch.setattr(og, "blocked_se_graph", broken)
+    with pytest.warns(UserWarning, match="differs from onnxruntime's"):
+        session = deploy.onnx_session(path, threads=2)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert np.abs(session.run(None, {"input": x.numpy()})[0] - ref).max() < 1e-4     # onnxruntime's own graph
+    with pytest.raises(ValueError, match="unknown optimization 'fastest'"):
+        deploy.onnx_session(path, optimization="fastest")
+
+
 def test_micro_batches_cover_the_batch_in_order(tmp_path):
     calls = []
 
@@ -167,3 +222,20 @@ def test_benchmark_interleaves_engines_and_reports_each():
     assert timed[:3] == ["a"] * 3 and timed[3:6] == ["b"] * 3 and timed[6:9] == ["a"] * 3   # a, b, a, b, ...
     assert len(timed) == 3 * 2 * (2 + 1) and [r["engine"] for r in rows] == ["a", "b"]
     assert all(r["batch"] == 2 and r["images_per_s"] > 0 and r["latency_p90_ms"] >= r["latency_ms"] for r in rows)
+    assert all(len(r["round_latency_ms"]) == len(r["round_images_per_s"]) == 3 for r in rows)   # one per round
+
+
+def test_paired_ratio_compares_engines_round_by_round():
+    from effnet.analysis import paired_ratio
+
+    # The machine flips between a fast and a slow state; the engine is 0.9x the reference's
+    # time in every round but one, where it alone drew the slow state. Overall medians say
+    # 1.35x; round by round it is 0.9x.
+    ref = dict(latency_ms=5.0, round_latency_ms=[5.0, 5.0, 7.5, 7.5, 5.0], images_per_s=100.0,
+               round_images_per_s=[100.0, 100.0, 70.0, 70.0, 100.0])
+    row = dict(latency_ms=6.75, round_latency_ms=[4.5, 6.75, 6.75, 6.75, 4.5], images_per_s=77.0,
+               round_images_per_s=[125.0, 77.0, 87.5, 87.5, 125.0])
+    assert row["latency_ms"] / ref["latency_ms"] == pytest.approx(1.35)
+    assert paired_ratio(row, ref) == pytest.approx(0.9)
+    assert paired_ratio(row, ref, "images_per_s") == pytest.approx(1.25)
+    assert paired_ratio(dict(latency_ms=3.0), dict(latency_ms=6.0)) == 0.5          # no rounds: overall ratio

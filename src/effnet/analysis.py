@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = ["count_params", "count_macs", "model_stats", "ENGINES", "INT8_ENGINES", "build_engine", "benchmark",
-           "time_engines", "reference_models", "format_table"]
+           "time_engines", "paired_ratio", "reference_models", "format_table"]
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
@@ -174,7 +174,9 @@ def time_engines(runs: dict, batch_sizes: Sequence[int], resolution: int, in_cha
     Returns:
         One dict per engine, in ``runs`` order: ``engine, latency_ms`` (median over all
         rounds), ``latency_p90_ms, batch, images_per_s`` (largest batch over its median
-        time), ``peak_mb, macs, gflops``.
+        time), ``peak_mb, macs, gflops``, and per round ``round_latency_ms`` and
+        ``round_images_per_s`` (that round's medians), from which :func:`paired_ratio`
+        compares two engines round by round.
     """
     import statistics
     import time
@@ -202,8 +204,38 @@ def time_engines(runs: dict, batch_sizes: Sequence[int], resolution: int, in_cha
         rows.append(dict(engine=name, latency_ms=1e3 * statistics.median(lat),
                          latency_p90_ms=1e3 * lat[min(len(lat) - 1, int(0.9 * len(lat)))], batch=large,
                          images_per_s=thr, peak_mb=(peak_mb or {}).get(name, 0.0), macs=macs,
-                         gflops=2 * macs * thr / 1e9))
+                         gflops=2 * macs * thr / 1e9,
+                         round_latency_ms=[1e3 * statistics.median(r) for r in _rounds(times[name][small], rounds)],
+                         round_images_per_s=[large / statistics.median(r)
+                                             for r in _rounds(times[name][large], rounds)]))
     return rows
+
+
+def _rounds(samples: list, rounds: int) -> list[list]:
+    """``samples`` taken in ``rounds`` equal consecutive rounds, split back into them."""
+    rounds = max(1, rounds)
+    n = len(samples) // rounds
+    return [samples[i * n:(i + 1) * n] for i in range(rounds)]
+
+
+def paired_ratio(row: dict, ref: dict, key: str = "latency_ms") -> float:
+    """``row[key] / ref[key]`` as the median of its round-by-round ratios (rows of :func:`time_engines`).
+
+    This machine's speed flips between states within seconds (batch-1 latency of one
+    session: 5.1 ms in one round, 7.5 ms in the next, from steal by the hypervisor), so the
+    ratio of two overall medians depends on which engine drew more slow rounds. Rounds
+    are taken back to back, so the ratio within a round compares like with like; the median
+    over rounds discards the rounds where the state flipped mid-round.
+    ``key``: ``latency_ms`` or ``images_per_s``. Falls back to the overall ratio for rows
+    without rounds.
+    """
+    import statistics
+
+    per_round = {"latency_ms": "round_latency_ms", "images_per_s": "round_images_per_s"}[key]
+    a, b = row.get(per_round), ref.get(per_round)
+    if not a or not b or len(a) != len(b):
+        return row[key] / ref[key]
+    return statistics.median(x / y for x, y in zip(a, b))
 
 
 def benchmark(model: nn.Module, engines: Sequence[str] = ("eager",), batch_sizes: Sequence[int] = (1, 32),
@@ -280,15 +312,16 @@ def format_table(rows: list[dict]) -> str:
     """The rows of :func:`benchmark` as an aligned text table.
 
     Columns: latency at the small batch (median, 90th percentile, ms) and its ratio to the
-    first row's, the large batch, throughput (images/s) and its ratio to the first row's,
-    peak memory (MB), MACs per image (G) and achieved GFLOP/s.
+    first row's, the large batch, throughput (images/s) and its ratio to the first row's
+    (both ratios paired round by round, :func:`paired_ratio`), peak memory (MB), MACs per
+    image (G) and achieved GFLOP/s.
     """
     head = (f"{'engine':<26}{'latency ms':>11}{'p90 ms':>8}{'x first':>8}{'batch':>6}{'images/s':>10}{'x first':>8}"
             f"{'peak MB':>8}{'MACs (G)':>9}{'GFLOP/s':>8}")
     lines = [head]
     for r in rows:
         lines.append(f"{r['engine']:<26}{r['latency_ms']:>11.2f}{r['latency_p90_ms']:>8.2f}"
-                     f"{r['latency_ms'] / rows[0]['latency_ms']:>8.2f}{r['batch']:>6}"
-                     f"{r['images_per_s']:>10.1f}{r['images_per_s'] / rows[0]['images_per_s']:>8.2f}"
+                     f"{paired_ratio(r, rows[0]):>8.2f}{r['batch']:>6}"
+                     f"{r['images_per_s']:>10.1f}{paired_ratio(r, rows[0], 'images_per_s'):>8.2f}"
                      f"{r['peak_mb']:>8.0f}{r['macs'] / 1e9:>9.3f}{r['gflops']:>8.1f}")
     return "\n".join(lines)
