@@ -116,6 +116,14 @@ def test_blocked_session_falls_back_when_the_rewrite_is_wrong(tmp_path, monkeypa
     with torch.no_grad():
         ref = model(x).numpy()
     assert np.abs(session.run(None, {"input": x.numpy()})[0] - ref).max() < 1e-4     # onnxruntime's own graph
+
+    def failing(p, threads=None):
+        raise RuntimeError("protobuf limit")
+
+    monkeypatch.setattr(og, "blocked_se_graph", failing)
+    with pytest.warns(UserWarning, match="could not rewrite .*protobuf limit"):
+        session = deploy.onnx_session(path, threads=2)
+    assert np.abs(session.run(None, {"input": x.numpy()})[0] - ref).max() < 1e-4
     with pytest.raises(ValueError, match="unknown optimization 'fastest'"):
         deploy.onnx_session(path, optimization="fastest")
 

@@ -138,7 +138,11 @@ def onnx_session(path: Union[str, os.PathLike], threads: Optional[int] = None, o
         return plain
     from .ort_graph import blocked_se_graph
 
-    model, rewritten = blocked_se_graph(str(path), threads)
+    try:
+        model, rewritten = blocked_se_graph(str(path), threads)
+    except Exception as e:                  # e.g. a model over protobuf's 2 GB that onnx cannot reload
+        warnings.warn(f"could not rewrite {path} for the blocked layout ({e}); using onnxruntime's graph")
+        return plain
     if not rewritten:
         return plain
     blocked = session(model.SerializeToString(), "disable")
