@@ -138,18 +138,18 @@ def onnx_session(path: Union[str, os.PathLike], threads: Optional[int] = None, o
         return plain
     from .ort_graph import blocked_se_graph
 
+    inp = plain.get_inputs()[0]
+    x = np.random.default_rng(0).standard_normal([d if isinstance(d, int) else 2 for d in inp.shape])
     try:
         model, rewritten = blocked_se_graph(str(path), threads)
+        if not rewritten:
+            return plain
+        blocked = session(model.SerializeToString(), "disable")
+        got = blocked.run(None, {inp.name: x.astype(np.float32)})[0]
     except Exception as e:                  # e.g. a model over protobuf's 2 GB that onnx cannot reload
         warnings.warn(f"could not rewrite {path} for the blocked layout ({e}); using onnxruntime's graph")
         return plain
-    if not rewritten:
-        return plain
-    blocked = session(model.SerializeToString(), "disable")
-    inp = plain.get_inputs()[0]
-    shape = [2 if not isinstance(d, int) else d for d in inp.shape]
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    want, got = plain.run(None, {inp.name: x})[0], blocked.run(None, {inp.name: x})[0]
+    want = plain.run(None, {inp.name: x.astype(np.float32)})[0]
     diff, scale = float(np.abs(want - got).max()), float(np.abs(want).max()) + 1e-12
     if not diff <= 1e-4 * scale:
         warnings.warn(f"blocked-layout graph of {path} differs from onnxruntime's by {diff:.3g} "
