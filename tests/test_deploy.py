@@ -65,24 +65,27 @@ def test_openvino_matches_eager_at_every_batch_split(name, tmp_path):
     np.testing.assert_allclose(deploy.OpenVinoModel(path, threads=2, micro_batch=None)(x), ov(x), rtol=0, atol=1e-5)
 
 
-def test_blocked_se_graph_rewrites_every_b0_se_block_and_computes_the_same(tmp_path):
+@pytest.mark.parametrize("name, se_blocks", [("efficientnet_b0", 16), ("efficientnet_b3", 26)])
+def test_blocked_se_graph_rewrites_the_se_blocks_and_computes_the_same(name, se_blocks, tmp_path):
     from effnet.ort_graph import blocked_se_graph, nchwc_block_size
 
     torch.manual_seed(0)
-    model = randomize_bn(effnet.create_model("efficientnet_b0")).eval()
-    path = deploy.export_onnx(model, tmp_path / "b0.onnx", input_size=96)
+    model = randomize_bn(effnet.create_model(name)).eval()
+    path = deploy.export_onnx(model, tmp_path / f"{name}.onnx", input_size=96)
     graph, rewritten = blocked_se_graph(str(path), threads=2)
     block = nchwc_block_size()
     if block is None:                    # a CPU without onnxruntime NCHWc kernels: nothing to rewrite
         assert rewritten == 0
         return
     assert block in (8, 16)
-    # b0's 16 SE blocks all have channel counts that are multiples of 8 and 16: all rewritten,
-    # and no SE multiply is left between a ReorderOutput and a ReorderInput.
-    assert rewritten == 16
     ops = [n.op_type for n in graph.graph.node]
-    assert ops.count("GlobalAveragePool") == 16 and ops.count("Tile") == 16
-    assert ops.count("ReorderInput") + ops.count("ReorderOutput") <= 8, ops
+    assert ops.count("GlobalAveragePool") == ops.count("Tile") == rewritten
+    if block == 16:                      # measured with AVX-512: every SE block, b3's NCHW gates included
+        assert rewritten == se_blocks
+    else:
+        assert rewritten >= 1
+    if name == "efficientnet_b0":        # no SE multiply left between a ReorderOutput and a ReorderInput
+        assert rewritten == 16 and ops.count("ReorderInput") + ops.count("ReorderOutput") <= 8, ops
     blocked, plain = deploy.onnx_session(path, threads=2), deploy.onnx_session(path, threads=2, optimization="all")
     for n in (1, 3):
         x = torch.randn(n, 3, 96, 96)

@@ -18,6 +18,9 @@ NCHW. :func:`blocked_se_graph` rewrites each such block to stay blocked::
 Reshape only relabels memory here, so the multiply broadcasts over rows of ``W * B``
 contiguous floats (a plain (N, C/B, H*W, B) view is three times slower in onnxruntime's
 broadcasting: it walks spans of ``B`` floats). The gate is tiled ``W`` times, a few KB.
+Where onnxruntime runs the gate conv itself in NCHW (B3's stages whose squeezed width, 34
+or 58, is not a multiple of ``B``), the gate is a plain (N, C, 1, 1) tensor, which is the
+same memory as the blocked one when ``C`` is a multiple of ``B``, and is used as it is.
 The function is unchanged, only the reorder passes go; measured in
 benchmarks/README.md. Blocks that do not match the pattern exactly are left as they were,
 so the result is always the same function; :func:`effnet.deploy.onnx_session` still checks
@@ -121,8 +124,7 @@ def blocked_se_graph(path: str, threads: Optional[int] = None) -> Tuple[object, 
             continue
         x, gate = mul.input
         x_out, gate_out = producer.get(x), producer.get(gate)
-        if not (x_out and gate_out and x_out.op_type == gate_out.op_type == "ReorderOutput"
-                and x_out.domain == gate_out.domain == NCHWC):
+        if not (x_out and gate_out and x_out.op_type == "ReorderOutput" and x_out.domain == NCHWC):
             continue
         x_in = only(mul.output[0], "ReorderInput", NCHWC)
         means = [n for n in consumers[x] if n is not mul]
@@ -141,11 +143,18 @@ def blocked_se_graph(path: str, threads: Optional[int] = None) -> Tuple[object, 
             continue
         channels, height, width = shape[1:]
         blocks = -(-channels // block)
+        if gate_out.op_type == "ReorderOutput" and gate_out.domain == NCHWC:
+            gate_blk = gate_out.input[0]            # the gate conv's blocked output
+            dropped.add(id(gate_out))
+        elif channels % block == 0 and shapes.get(gate) in ([shape[0], channels, 1, 1], [None, channels, 1, 1]):
+            gate_blk = gate                         # a plain (N, C, 1, 1) gate: the same memory as blocked
+        else:
+            continue
         p = f"blocked_se{len(before)}_"
         constants += [numpy_helper.from_array(np.array(v, np.int64), p + k) for k, v in
                       [("x_view", [0, blocks, height, width * block]), ("gate_view", [0, blocks, 1, block]),
                        ("tile", [1, 1, 1, width]), ("back", [0, blocks * block, height, width])]]
-        x_blk, gate_blk = x_out.input[0], gate_out.input[0]
+        x_blk = x_out.input[0]
         after[x_blk] = helper.make_node("GlobalAveragePool", [x_blk], [mean_in.output[0]], domain=NCHWC,
                                         name=p + "mean")
         before[id(mul)] = [
@@ -154,7 +163,7 @@ def blocked_se_graph(path: str, threads: Optional[int] = None) -> Tuple[object, 
             helper.make_node("Tile", [p + "gate", p + "tile"], [p + "gate_rows"], name=p + "tile"),
             helper.make_node("Mul", [p + "x", p + "gate_rows"], [p + "y"], name=p + "mul"),
             helper.make_node("Reshape", [p + "y", p + "back"], [x_in.output[0]], name=p + "back")]
-        dropped |= {id(mul), id(x_in), id(mean), id(mean_in), id(gate_out)}
+        dropped |= {id(mul), id(x_in), id(mean), id(mean_in)}
         if len(consumers[x]) == 2:
             dropped.add(id(x_out))
     if not before:
