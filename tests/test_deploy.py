@@ -67,12 +67,12 @@ def test_openvino_matches_eager_at_every_batch_split(name, tmp_path):
 
 @pytest.mark.parametrize("name, se_blocks", [("efficientnet_b0", 16), ("efficientnet_b3", 26)])
 def test_blocked_se_graph_rewrites_the_se_blocks_and_computes_the_same(name, se_blocks, tmp_path):
-    from effnet.ort_graph import blocked_se_graph, nchwc_block_size
+    from effnet.ort_graph import blocked_se_graph, nchwc_block_size, ort_optimized_graph
 
     torch.manual_seed(0)
     model = randomize_bn(effnet.create_model(name)).eval()
     path = deploy.export_onnx(model, tmp_path / f"{name}.onnx", input_size=96)
-    graph, rewritten = blocked_se_graph(str(path), threads=2)
+    graph, rewritten = blocked_se_graph(ort_optimized_graph(path, threads=2))
     block = nchwc_block_size()
     if block is None:                    # a CPU without onnxruntime NCHWc kernels: nothing to rewrite
         assert rewritten == 0
@@ -105,8 +105,8 @@ def test_blocked_session_falls_back_when_the_rewrite_is_wrong(tmp_path, monkeypa
     path = deploy.export_onnx(model, tmp_path / "b0.onnx", input_size=64)
     real = og.blocked_se_graph
 
-    def broken(p, threads=None):                 # the rewrite, with the classifier's weights doubled
-        graph, n = real(p, threads)
+    def broken(optimized):                       # the rewrite, with the classifier's weights doubled
+        graph, n = real(optimized)
         gemm = next(node for node in graph.graph.node if node.op_type == "Gemm")
         w = next(t for t in graph.graph.initializer if t.name == gemm.input[1])
         w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * 2, w.name))
@@ -120,7 +120,7 @@ def test_blocked_session_falls_back_when_the_rewrite_is_wrong(tmp_path, monkeypa
         ref = model(x).numpy()
     assert np.abs(session.run(None, {"input": x.numpy()})[0] - ref).max() < 1e-4     # onnxruntime's own graph
 
-    def failing(p, threads=None):
+    def failing(optimized):
         raise RuntimeError("protobuf limit")
 
     monkeypatch.setattr(og, "blocked_se_graph", failing)

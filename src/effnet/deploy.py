@@ -125,31 +125,40 @@ def onnx_session(path: Union[str, os.PathLike], threads: Optional[int] = None, o
     if optimization not in levels and optimization != "blocked":
         raise ValueError(f"unknown optimization {optimization!r}; choose from {sorted(levels) + ['blocked']}")
 
-    def session(model, level: str):
+    def options(level: str):
         opts = ort.SessionOptions()
         opts.graph_optimization_level = levels[level]
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
-        return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+        return opts
 
-    plain = session(str(path), "all" if optimization == "blocked" else optimization)
     if optimization != "blocked":
-        return plain
-    from .ort_graph import blocked_se_graph
+        return ort.InferenceSession(str(path), options(optimization), providers=["CPUExecutionProvider"])
+    from .ort_graph import blocked_se_graph, optimized_session
 
+    def fallback(reason: str):
+        warnings.warn(f"could not rewrite {path} for the blocked layout ({reason}); using onnxruntime's graph")
+
+    try:                                    # one optimization gives both onnxruntime's session and its graph
+        plain, optimized = optimized_session(str(path), options("all"))
+    except Exception as e:                  # e.g. a graph over protobuf's 2 GB that onnx cannot reload
+        fallback(e)
+        return ort.InferenceSession(str(path), options("all"), providers=["CPUExecutionProvider"])
     inp = plain.get_inputs()[0]
-    x = np.random.default_rng(0).standard_normal([d if isinstance(d, int) else 2 for d in inp.shape])
+    x = np.random.default_rng(0).standard_normal([d if isinstance(d, int) else 2 for d in inp.shape],
+                                                 dtype=np.float32)
     try:
-        model, rewritten = blocked_se_graph(str(path), threads)
+        model, rewritten = blocked_se_graph(optimized)
         if not rewritten:
             return plain
-        blocked = session(model.SerializeToString(), "disable")
-        got = blocked.run(None, {inp.name: x.astype(np.float32)})[0]
-    except Exception as e:                  # e.g. a model over protobuf's 2 GB that onnx cannot reload
-        warnings.warn(f"could not rewrite {path} for the blocked layout ({e}); using onnxruntime's graph")
+        blocked = ort.InferenceSession(model.SerializeToString(), options("disable"),
+                                       providers=["CPUExecutionProvider"])
+        got = blocked.run(None, {inp.name: x})[0]
+    except Exception as e:
+        fallback(e)
         return plain
-    want = plain.run(None, {inp.name: x.astype(np.float32)})[0]
+    want = plain.run(None, {inp.name: x})[0]
     diff, scale = float(np.abs(want - got).max()), float(np.abs(want).max()) + 1e-12
     if not diff <= 1e-4 * scale:
         warnings.warn(f"blocked-layout graph of {path} differs from onnxruntime's by {diff:.3g} "

@@ -40,6 +40,40 @@ import numpy as np
 NCHWC = "com.microsoft.nchwc"
 
 
+def optimized_session(model, opts=None):
+    """An onnxruntime CPU session of ``model`` and the graph onnxruntime optimized it into.
+
+    Args:
+        model: an .onnx path or serialized model bytes.
+        opts: ``onnxruntime.SessionOptions`` (default: onnxruntime's defaults, level ``all``).
+
+    Returns:
+        ``(session, graph)``: the ``InferenceSession`` and its optimized graph as an
+        ``onnx.ModelProto``. The graph holds onnxruntime's CPU-specific ops
+        (``com.microsoft.nchwc``), so it is only valid on this machine and is never written
+        next to the model.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    opts = opts or ort.SessionOptions()
+    with tempfile.TemporaryDirectory() as d:
+        opts.optimized_model_filepath = os.path.join(d, "optimized.onnx")
+        session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+        opts.optimized_model_filepath = ""
+        return session, onnx.load(os.path.join(d, "optimized.onnx"))
+
+
+def ort_optimized_graph(path: str, threads: Optional[int] = None):
+    """onnxruntime's fully optimized graph of ``path`` for this CPU (:func:`optimized_session`)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    return optimized_session(str(path), opts)[1]
+
+
 @functools.lru_cache(maxsize=None)
 def nchwc_block_size() -> Optional[int]:
     """onnxruntime's NCHWc channel block on this CPU (16 with AVX-512, 8 with AVX2), or None.
@@ -47,8 +81,6 @@ def nchwc_block_size() -> Optional[int]:
     Found by letting onnxruntime optimize a one-conv probe graph: its NCHWc conv pads a
     single output channel up to one block. None where onnxruntime has no NCHWc kernels.
     """
-    import onnx
-    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     w = numpy_helper.from_array(np.ones((1, 64, 1, 1), np.float32), "w")
@@ -56,53 +88,30 @@ def nchwc_block_size() -> Optional[int]:
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 8, 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
     probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    with tempfile.TemporaryDirectory() as d:
-        opts = ort.SessionOptions()
-        opts.optimized_model_filepath = os.path.join(d, "probe.onnx")
-        ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        optimized = onnx.load(opts.optimized_model_filepath)
-    weights = {t.name: t for t in optimized.graph.initializer}
-    for node in optimized.graph.node:
+    optimized = optimized_session(probe.SerializeToString())[1].graph
+    weights = {t.name: t for t in optimized.initializer}
+    for node in optimized.node:
         if node.domain == NCHWC and node.op_type == "Conv":
             return int(weights[node.input[1]].dims[0])
     return None
 
 
-def ort_optimized_graph(path: str, threads: Optional[int] = None):
-    """onnxruntime's fully optimized graph of ``path`` for this CPU, as an ``onnx.ModelProto``.
-
-    It holds onnxruntime's CPU-specific ops (``com.microsoft.nchwc``), so it is only valid
-    on this machine and is never written next to the model.
-    """
-    import onnx
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory() as d:
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.optimized_model_filepath = os.path.join(d, "optimized.onnx")
-        if threads:
-            opts.intra_op_num_threads = threads
-        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        return onnx.load(opts.optimized_model_filepath)
-
-
-def blocked_se_graph(path: str, threads: Optional[int] = None) -> Tuple[object, int]:
-    """onnxruntime's optimized graph of ``path`` with its SE blocks kept in NCHWc (module doc).
+def blocked_se_graph(model) -> Tuple[object, int]:
+    """``model``, onnxruntime's optimized graph, with its SE blocks kept in NCHWc (module doc).
 
     Args:
-        path: a float ONNX model (from :func:`effnet.deploy.export_onnx`), static H and W.
-        threads: intra-op threads of the session that optimizes it.
+        model: an ``onnx.ModelProto`` that onnxruntime optimized on this machine
+            (:func:`optimized_session`, :func:`ort_optimized_graph`) from a float model with
+            static H and W (e.g. from :func:`effnet.deploy.export_onnx`). Rewritten in place.
 
     Returns:
-        ``(model, n)``: the rewritten ``onnx.ModelProto`` (to be run with graph optimisation
-        disabled, on this machine only) and the number of SE blocks rewritten (0: nothing
-        matched, e.g. an INT8 QDQ model or a CPU without NCHWc kernels).
+        ``(model, n)``: the rewritten model (to be run with graph optimisation disabled, on
+        this machine only) and the number of SE blocks rewritten (0: nothing matched, e.g.
+        an INT8 QDQ model or a CPU without NCHWc kernels).
     """
     from onnx import helper, numpy_helper
 
     block = nchwc_block_size()
-    model = ort_optimized_graph(path, threads)
     if block is None:
         return model, 0
     graph = model.graph
