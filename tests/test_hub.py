@@ -13,7 +13,7 @@ import torch
 
 import effnet
 from effnet import registry
-from effnet.weights import DownloadError, HashMismatchError, fetch
+from effnet.weights import DownloadError, HashMismatchError, cache_path, fetch
 from effnet.weights.hub import hash_prefix_from_name
 
 
@@ -69,14 +69,15 @@ def reference(data):
 
 
 def leftovers(cache):
-    return sorted(p.name for p in cache.iterdir()) if cache.exists() else []
+    """Every file under the cache (cache_dir()/<url key>/<name>), by name."""
+    return sorted(p.name for p in cache.rglob("*") if p.is_file()) if cache.exists() else []
 
 
 def test_download_verifies_and_reuses_the_cache(server, cache, reference, data):
     url, requests = server
     name = reference["weights"]
     path = fetch(f"{url}/files/{name}", sha256=reference["weights_sha256"], progress=False)
-    assert path == cache / name
+    assert path == cache_path(f"{url}/files/{name}") and path.parent.parent == cache and path.name == name
     assert path.read_bytes() == (data / "reference" / name).read_bytes()
     assert hashlib.sha256(path.read_bytes()).hexdigest() == reference["weights_sha256"]
     n = len(requests)
@@ -122,17 +123,20 @@ def test_offline_names_the_file_and_where_to_put_it(server, cache, monkeypatch, 
     monkeypatch.setenv("EFFNET_OFFLINE", "1")
     with pytest.raises(DownloadError) as e:
         fetch(f"{url}/files/{reference['weights']}", progress=False)
-    assert "EFFNET_OFFLINE" in str(e.value) and str(cache / reference["weights"]) in str(e.value)
+    target = cache_path(f"{url}/files/{reference['weights']}")
+    assert "EFFNET_OFFLINE" in str(e.value) and str(target) in str(e.value) and target.parent.parent == cache
     assert f"{url}/files/{reference['weights']}" in str(e.value)
 
 
 def test_a_wrong_file_placed_in_the_cache_is_caught(cache, monkeypatch, data):
     monkeypatch.setenv("EFFNET_OFFLINE", "1")
-    cache.mkdir(parents=True)
-    target = cache / "efficientnet_b0_rwightman-7f5810bc.pth"
+    source = effnet.get_config("efficientnet_b0").weights[1]
+    target = cache_path(source.url)
+    target.parent.mkdir(parents=True)
     target.write_bytes((data / "reference" / "torchvision_efficientnet_b0.pth").read_bytes())
-    with pytest.raises(HashMismatchError, match="delete it"):
+    with pytest.raises(HashMismatchError, match="removed from the cache"):
         effnet.create_model("efficientnet_b0", pretrained="torchvision")
+    assert not target.exists()
 
 
 def test_pretrained_from_the_registry_end_to_end(server, cache, monkeypatch, reference, data):

@@ -2,7 +2,9 @@
 
 From the shared data folder (``$EFFNET_DATA``) when it is there; otherwise the public
 ants/bees archive of the PyTorch transfer-learning tutorial and the official Lite0 archive
-are downloaded into the effnet cache (hash prefix / format checked, atomic, reused).
+are downloaded into the effnet cache (hash prefix / format checked, atomic, reused): the
+zip is admitted only if it reads as a complete zip archive, the Lite archive only as a
+complete .tar.gz with a well-formed TFLite graph (it has no published hash).
 
 ``python -m effnet.demo data`` prints the dataset folder, ``... weights`` the weight file.
 """
@@ -24,6 +26,14 @@ HYMENOPTERA_URL = "https://download.pytorch.org/tutorial/hymenoptera_data.zip"
 SHARED_TFLITE = "weights/efficientnet-lite0_int8_modelmaker_3class.tflite"
 
 
+def _check_zip(path: Path) -> None:
+    """Raise unless ``path`` is a complete zip archive whose members' CRCs hold."""
+    with zipfile.ZipFile(path) as z:
+        bad = z.testzip()
+    if bad is not None:
+        raise zipfile.BadZipFile(f"member {bad} fails its CRC check")
+
+
 def demo_data() -> Path:
     """The ants/bees folder (with train/ and val/), downloading it if the shared copy is absent."""
     shared = data_dir() / "finetune" / "hymenoptera_data"
@@ -31,7 +41,7 @@ def demo_data() -> Path:
         return shared
     target = cache_dir().parent / "data" / "hymenoptera_data"
     if not (target / "train").is_dir():
-        archive = fetch(HYMENOPTERA_URL)
+        archive = fetch(HYMENOPTERA_URL, check=_check_zip)
         with zipfile.ZipFile(archive) as z:
             z.extractall(target.parent)
     return target

@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import fnmatch
 import math
+import numbers
 import os
 import re
 from dataclasses import dataclass, field
@@ -21,8 +22,10 @@ from typing import Any, Optional, Union
 
 from torch import nn
 
+from .layers import PADDING_MODES
 from .model import EfficientNet
 from .weights import load_weights, read_weight_file, resolve_source_path
+from .weights.load import CONFIG_NAME, ConfigError, read_folder_config
 from .scaling import EFFICIENTNET_SCALING, LITE_SCALING, Scaling, scale_network
 from .specs import EFFICIENTNET_B0, EFFICIENTNET_LITE0, NetworkSpec
 
@@ -37,6 +40,8 @@ __all__ = [
     "from_pretrained",
     "get_weight_source",
     "WeightSource",
+    "INTERPOLATIONS",
+    "tf_trained_file_names",
 ]
 
 # ImageNet channel statistics of RGB in [0, 1] (used by every PyTorch ImageNet model).
@@ -49,6 +54,45 @@ LITE_STD = (128.0 / 255.0,) * 3
 # Official eval crop: resize to image_size + 32, center crop image_size
 # (tensorflow/tpu models/official/efficientnet/preprocessing.py CROP_PADDING = 32).
 CROP_PADDING = 32
+# Resampling filters effnet.data resizes with (Pillow's Image.Resampling names).
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+
+
+# ---- argument checks at the public boundary: TypeError for a wrong type, ValueError for a range ----
+def _check_int(arg: str, value: Any, lo: int, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{arg} must be an int >= {lo}{' or None' if allow_none else ''}, "
+                        f"got {type(value).__name__} {value!r}")
+    if value < lo:
+        raise ValueError(f"{arg} must be an int >= {lo}, got {value!r}")
+
+
+def _check_real(arg: str, value: Any, lo: float, hi: float, lo_open: bool, hi_open: bool) -> float:
+    """``value`` as a float, required finite and in the interval (brackets as in the message)."""
+    interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{arg} must be a number in {interval}, got {type(value).__name__} {value!r}")
+    v = float(value)
+    ok = math.isfinite(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+    if not ok:
+        raise ValueError(f"{arg} must be a finite number in {interval}, got {value!r}")
+    return v
+
+
+def _check_triple(arg: str, value: Any, positive: bool) -> tuple:
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 3:
+        raise TypeError(f"{arg} must be 3 numbers (R, G, B), got {value!r}")
+    out = []
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise TypeError(f"{arg} must be 3 numbers (R, G, B), got {value!r}")
+        if not math.isfinite(float(v)) or (positive and float(v) <= 0):
+            need = "finite numbers > 0" if positive else "finite numbers"
+            raise ValueError(f"{arg} must be 3 {need}, got {tuple(value)!r}")
+        out.append(float(v))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -60,10 +104,15 @@ class PreprocessConfig:
     ``mean``/``std`` per RGB channel.
 
     Attributes:
-        input_size: crop side in pixels.
-        crop_pct: ``input_size / resize_size``.
-        interpolation: Pillow resampling filter name (``bicubic``, ``bilinear``, ``nearest``).
-        mean, std: per-channel statistics in [0, 1] units.
+        input_size: crop side in pixels, an int >= 1.
+        crop_pct: ``input_size / resize_size``, in (0, 1].
+        interpolation: Pillow resampling filter name, one of :data:`INTERPOLATIONS`.
+        mean, std: per-channel statistics in [0, 1] units, 3 finite numbers each (stored
+            as float tuples); every ``std`` > 0.
+
+    Raises:
+        TypeError: an argument of the wrong type (``input_size=True``, ``mean="x"``).
+        ValueError: an argument out of its range; the message names it, its value and the range.
     """
 
     input_size: int
@@ -71,6 +120,17 @@ class PreprocessConfig:
     interpolation: str = "bicubic"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        _check_int("input_size", self.input_size, 1)
+        _check_real("crop_pct", self.crop_pct, 0.0, 1.0, lo_open=True, hi_open=False)
+        if not isinstance(self.interpolation, str):
+            raise TypeError(f"interpolation must be a str, one of {list(INTERPOLATIONS)}, "
+                            f"got {type(self.interpolation).__name__} {self.interpolation!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {list(INTERPOLATIONS)}, got {self.interpolation!r}")
+        object.__setattr__(self, "mean", _check_triple("mean", self.mean, positive=False))
+        object.__setattr__(self, "std", _check_triple("std", self.std, positive=True))
 
     @property
     def resize_size(self) -> int:
@@ -93,6 +153,10 @@ class WeightSource:
         overrides: model settings these weights need (e.g. BatchNorm eps of TF-trained
             weights in a symmetric-padding model), as (name, value) pairs.
         top1: ImageNet top-1 (%) the source reports for them, where published.
+        tf_trained: trained with TensorFlow 'SAME' padding (TF checkpoints and their
+            ports). Loading them into a symmetric-padding model other than the one they
+            are registered for warns, naming the ``tf_`` model to use; files with the same
+            name loaded by ``weights=`` warn too.
     """
 
     tag: str
@@ -102,6 +166,7 @@ class WeightSource:
     sha256: Optional[str] = None
     overrides: tuple[tuple[str, Any], ...] = ()
     top1: Optional[float] = None
+    tf_trained: bool = False
 
 
 @dataclass(frozen=True)
@@ -242,32 +307,47 @@ def _register_weights() -> None:
         _add_weights(f"efficientnet_{v}", WeightSource("timm", _TIMM + file, "timm", pre))
     for v, (file, crop, resize, top1) in _TORCHVISION_WEIGHTS.items():
         overrides = (("norm_eps", 1e-3), ("norm_momentum", 0.01)) if "lukemelas" in file else ()
+        # b5..b7 are TF-trained; torchvision runs (and scores) them with symmetric padding.
         _add_weights(f"efficientnet_{v}", WeightSource("torchvision", _TV + file, "torchvision",
                                                        _pre(crop, resize=resize), _TORCHVISION_SHA256.get(v),
-                                                       overrides, top1))
+                                                       overrides, top1, tf_trained="lukemelas" in file))
     for v, url in _TIMM_AA_WEIGHTS.items():
-        _add_weights(f"tf_efficientnet_{v}", WeightSource("timm", url, "timm", _REGISTRY[f"tf_efficientnet_{v}"].preprocess))
+        _add_weights(f"tf_efficientnet_{v}", WeightSource("timm", url, "timm", _REGISTRY[f"tf_efficientnet_{v}"].preprocess,
+                                                          tf_trained=True))
     for v, h in _LUKEMELAS_WEIGHTS.items():
         size = EFFICIENTNET_SCALING[v].resolution
         _add_weights(f"tf_efficientnet_{v}", WeightSource(
             "lukemelas", f"{_LUKEMELAS}efficientnet-{v}-{h}.pth", "lukemelas", _pre(size, crop_pct=1.0),
-            _LUKEMELAS_SHA256.get(h)))
+            _LUKEMELAS_SHA256.get(h), tf_trained=True))
     for v, h in _LUKEMELAS_ADVPROP.items():
         size = EFFICIENTNET_SCALING[v].resolution
         _add_weights(f"tf_efficientnet_{v}", WeightSource(
             "advprop", f"{_LUKEMELAS}adv-efficientnet-{v}-{h}.pth", "lukemelas",
-            _pre(size, crop_pct=1.0, mean=_HALF, std=_HALF), _LUKEMELAS_SHA256.get(h)))
+            _pre(size, crop_pct=1.0, mean=_HALF, std=_HALF), _LUKEMELAS_SHA256.get(h), tf_trained=True))
     for v, (file, size, pct, interp) in _TIMM_LITE_WEIGHTS.items():
         _add_weights(f"tf_efficientnet_{v}", WeightSource("timm", _TIMM + file, "timm",
                                                           _pre(size, crop_pct=pct, interpolation=interp,
-                                                               mean=_HALF, std=_HALF)))
+                                                               mean=_HALF, std=_HALF), tf_trained=True))
+    # No published sha256 for the official Lite archives (and no hash prefix in their
+    # names): fetch() admits them into the cache only after reading them as a complete
+    # .tar.gz holding a well-formed TFLite graph (effnet.weights.hub, "Nothing enters the
+    # cache unverified"). Add sha256= here once the published values are known.
     for v in LITE_SCALING:
         _add_weights(f"tf_efficientnet_{v}", WeightSource(
             "tflite", f"{_LITE}efficientnet-{v}.tar.gz", "tflite", _REGISTRY[f"tf_efficientnet_{v}"].preprocess,
-            top1=_LITE_TOP1.get(v)))
+            top1=_LITE_TOP1.get(v), tf_trained=True))
 
 
 _register_weights()
+
+
+def tf_trained_file_names() -> set[str]:
+    """File names (URL basenames) of the registered TF-trained sources.
+
+    ``load_weights`` warns when a file of one of these names is put in a symmetric-padding
+    model (see :mod:`effnet.weights.load`).
+    """
+    return {w.url.rsplit("/", 1)[-1] for cfg in _REGISTRY.values() for w in cfg.weights if w.tf_trained}
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -293,6 +373,35 @@ def get_config(name: str) -> ModelConfig:
 _MODEL_OVERRIDES = ("drop_rate", "drop_path_rate", "padding", "norm_eps", "norm_momentum")
 
 
+def _check_overrides(overrides: dict) -> None:
+    """Type and range of each ``create_model`` override (see its docstring)."""
+    unknown = sorted(set(overrides) - set(_MODEL_OVERRIDES))
+    if unknown:
+        raise TypeError(f"unknown override(s) {unknown} for create_model; allowed: {list(_MODEL_OVERRIDES)}")
+    for arg in ("drop_rate", "drop_path_rate"):
+        if arg in overrides:
+            _check_real(arg, overrides[arg], 0.0, 1.0, lo_open=False, hi_open=True)
+    if "padding" in overrides:
+        padding = overrides["padding"]
+        if not isinstance(padding, str):
+            raise TypeError(f"padding must be a str, one of {list(PADDING_MODES)}, got {type(padding).__name__} "
+                            f"{padding!r}")
+        if padding not in PADDING_MODES:
+            raise ValueError(f"padding must be one of {list(PADDING_MODES)}, got {padding!r}")
+    if "norm_eps" in overrides:
+        _check_real("norm_eps", overrides["norm_eps"], 0.0, math.inf, lo_open=True, hi_open=True)
+    if "norm_momentum" in overrides:
+        _check_real("norm_momentum", overrides["norm_momentum"], 0.0, 1.0, lo_open=True, hi_open=False)
+
+
+class _Default(int):
+    """An int default that ``create_model`` can tell from the same value passed explicitly (by identity)."""
+
+
+_DEFAULT_NUM_CLASSES = _Default(1000)
+_DEFAULT_IN_CHANS = _Default(3)
+
+
 def get_weight_source(name: str, tag: Union[bool, str] = True) -> WeightSource:
     """The published weights of model ``name``: the default (``tag=True``) or the one tagged ``tag``.
 
@@ -312,7 +421,8 @@ def get_weight_source(name: str, tag: Union[bool, str] = True) -> WeightSource:
     raise KeyError(f"{name!r} has no weights tagged {tag!r}; choose from {[w.tag for w in cfg.weights]}")
 
 
-def create_model(name: str, pretrained: Union[bool, str] = False, num_classes: Optional[int] = 1000, in_chans: int = 3,
+def create_model(name: str, pretrained: Union[bool, str] = False,
+                 num_classes: Optional[int] = _DEFAULT_NUM_CLASSES, in_chans: int = _DEFAULT_IN_CHANS,
                  weights: Optional[Union[str, os.PathLike]] = None, **overrides: Any) -> nn.Module:
     """Build a registered EfficientNet, optionally with pretrained weights.
 
@@ -321,50 +431,79 @@ def create_model(name: str, pretrained: Union[bool, str] = False, num_classes: O
         pretrained: True for the model's default published weights, or a weight tag
             (``"torchvision"``, ``"lukemelas"``, ``"advprop"``, ``"tflite"``...; see
             ``get_config(name).weights``). Downloaded into the cache (``EFFNET_HOME``) and
-            hash-checked.
-        num_classes: classifier outputs (0 = no classifier: the model returns pooled
-            features). A size other than the weights' keeps the pretrained backbone and
-            initialises a new classifier. None: the size of the loaded weights' classifier
-            (1000 without weights).
-        in_chans: input image channels; a pretrained RGB stem is adapted.
+            verified (hash, else format).
+        num_classes: classifier outputs, an int >= 0 (0 = no classifier: the model returns
+            pooled features). A size other than the weights' keeps the pretrained backbone
+            and initialises a new classifier. None: the size of the loaded weights'
+            classifier (1000 without weights). For an effnet folder, not given means the
+            folder's value.
+        in_chans: input image channels, an int >= 1; a pretrained RGB stem is adapted.
+            For an effnet folder, not given means the folder's value.
         weights: a weight file, URL or effnet folder (:func:`from_pretrained` layout) in any
             supported format instead of the registered weights. TFLite graphs switch the
             model to SAME padding (unless ``padding`` is given) and set the input
-            normalisation the graph uses.
-        **overrides: any of ``drop_rate``, ``drop_path_rate``, ``padding``, ``norm_eps``,
-            ``norm_momentum`` to replace the registered value.
+            normalisation the graph uses. An effnet folder also supplies its overrides
+            and preprocessing, and loads strictly (its config must agree with its weights).
+        **overrides: replace the registered value: ``drop_rate`` and ``drop_path_rate``
+            (numbers in [0, 1)), ``padding`` (``"symmetric"`` or ``"same"``), ``norm_eps``
+            (finite, > 0), ``norm_momentum`` (in (0, 1]; PyTorch's convention, 1 - TF decay).
 
     Returns:
         An :class:`~effnet.model.EfficientNet` with its config as ``model.config`` (its
         ``preprocess`` is that of the loaded weights), in train mode.
 
     Raises:
+        TypeError: an argument of the wrong type (``num_classes=True``, ``name=3``), or an
+            unknown override.
+        ValueError: an argument out of range (``num_classes=-1``, ``norm_momentum=5``...);
+            the message names the argument, its value and the allowed range; or both
+            ``pretrained`` and ``weights``.
         KeyError: unknown model name (with suggestions) or weight tag.
-        TypeError: an unknown override.
         RuntimeError: ``pretrained`` for a model with no published weights.
-        effnet.weights errors: download, hash, file format, key/shape mismatch.
+        effnet.weights errors: download, hash, file format, key/shape mismatch,
+            ConfigError (effnet folder). TF-trained weights in a symmetric-padding model
+            give a ``UserWarning`` naming the ``tf_`` model to use.
     """
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a model name (str), got {type(name).__name__} {name!r}")
+    if not isinstance(pretrained, (bool, str)):
+        raise TypeError(f"pretrained must be a bool or a weight tag (str), got {type(pretrained).__name__} "
+                        f"{pretrained!r}")
+    _check_int("num_classes", num_classes, 0, allow_none=True)
+    _check_int("in_chans", in_chans, 1)
+    if weights is not None and not isinstance(weights, (str, os.PathLike)):
+        raise TypeError(f"weights must be a path or URL (str or os.PathLike), got {type(weights).__name__} {weights!r}")
+    _check_overrides(overrides)
     cfg = get_config(name)
-    unknown = sorted(set(overrides) - set(_MODEL_OVERRIDES))
-    if unknown:
-        raise TypeError(f"unknown override(s) {unknown} for create_model; allowed: {list(_MODEL_OVERRIDES)}")
     if pretrained and weights is not None:
         raise ValueError("give either pretrained or weights, not both")
     source = get_weight_source(name, pretrained) if pretrained else None
-    loaded, preprocess = None, cfg.preprocess
+    loaded, preprocess, strict, tf_trained = None, cfg.preprocess, None, None
     if source is not None:
+        # The registry pairs each source with a model on purpose (e.g. torchvision runs its
+        # TF-trained b5..b7 with symmetric padding): warn only if the caller changes padding.
+        tf_trained = source.tf_trained and overrides.get("padding", cfg.padding) != cfg.padding
         overrides = {**dict(source.overrides), **overrides}
         preprocess = source.preprocess
     elif weights is not None:
         path = resolve_source_path(weights)
         if path.is_dir():
-            from .weights import CONFIG_NAME
-            from .weights.formats import read_json
-            saved = read_json(path / CONFIG_NAME)
-            num_classes = saved["num_classes"] if num_classes is None else num_classes
-            pre = saved["preprocess"]
-            preprocess = PreprocessConfig(pre["input_size"], pre["crop_pct"], pre["interpolation"],
-                                          tuple(pre["mean"]), tuple(pre["std"]))
+            saved = read_folder_config(path)
+            where = path / CONFIG_NAME
+            try:
+                _check_overrides(saved["overrides"])
+                pre = saved["preprocess"]
+                preprocess = PreprocessConfig(pre["input_size"], pre["crop_pct"], pre["interpolation"],
+                                              tuple(pre["mean"]), tuple(pre["std"]))
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"{where}: {e}") from e
+            if num_classes is None or num_classes is _DEFAULT_NUM_CLASSES:
+                num_classes = saved["num_classes"]
+            if in_chans is _DEFAULT_IN_CHANS:
+                in_chans = saved["in_chans"]
+            # Strict unless the caller asked for another head or stem.
+            strict = num_classes == saved["num_classes"] and in_chans == saved["in_chans"]
+            overrides = {**saved["overrides"], **overrides}
         else:
             loaded = read_weight_file(path)
             if loaded[0] == "tflite":
@@ -380,11 +519,12 @@ def create_model(name: str, pretrained: Union[bool, str] = False, num_classes: O
         cfg, scaling=dataclasses.replace(cfg.scaling, dropout=kwargs["drop_rate"]),
         padding=kwargs["padding"], norm_eps=kwargs["norm_eps"], norm_momentum=kwargs["norm_momentum"],
         drop_path_rate=kwargs["drop_path_rate"], preprocess=preprocess)
-    model = EfficientNet(cfg.network, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    model = EfficientNet(cfg.network, num_classes=int(num_classes), in_chans=int(in_chans), **kwargs)
+    model.config = cfg                  # before loading: load warnings name the model
     if source is not None:
-        report = load_weights(model, source.url, sha256=source.sha256)
+        report = load_weights(model, source.url, sha256=source.sha256, tf_trained=tf_trained)
     elif weights is not None:
-        report = load_weights(model, loaded if loaded is not None else weights, name=str(weights))
+        report = load_weights(model, loaded if loaded is not None else weights, name=str(weights), strict=strict)
     else:
         report = None
     if report and report.get("mean"):
@@ -408,22 +548,26 @@ def from_pretrained(directory: Union[str, os.PathLike]) -> nn.Module:
     """Rebuild a model saved by ``model.save_pretrained(directory)``, in eval mode.
 
     The config names the model, its overrides, ``num_classes``, ``in_chans``, class names
-    and preprocessing; the weights are safetensors.
+    and preprocessing; the weights are safetensors. Loading is strict: the config must
+    have every key and agree with the weights.
 
     Raises:
         FileNotFoundError: no effnet config in ``directory``.
-        effnet.weights errors: unreadable or mismatched weights.
+        ConfigError: a config key missing or invalid, an unknown model name, class names
+            that do not match ``num_classes``, or config and weights that disagree (the
+            message names the file or folder, the key and both values).
+        effnet.weights errors: unreadable weights (truncated, NaN/Inf...) or mismatched keys.
     """
-    from .weights import CONFIG_NAME
-    from .weights.formats import WeightFileError, read_json
-
     directory = Path(directory)
-    if not (directory / CONFIG_NAME).is_file():
-        raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}; expected a folder written by save_pretrained")
-    saved = read_json(directory / CONFIG_NAME)
-    if saved.get("format") != "effnet":
-        raise WeightFileError(f"{directory / CONFIG_NAME} is not an effnet config (format={saved.get('format')!r})")
+    saved = read_folder_config(directory)
+    where = directory / CONFIG_NAME
+    if saved["model"] not in _REGISTRY:
+        raise ConfigError(f"{where}: key 'model' names an unknown model {saved['model']!r}")
+    names = saved.get("class_names") or []
+    if not isinstance(names, list) or (names and len(names) != saved["num_classes"]):
+        raise ConfigError(f"{where}: key 'class_names' must be a list of {saved['num_classes']} names "
+                          f"(num_classes), got {names!r:.80}")
     model = create_model(saved["model"], num_classes=saved["num_classes"], in_chans=saved["in_chans"],
-                         weights=directory, **saved["overrides"])
-    model.class_names = list(saved.get("class_names") or []) or None
+                         weights=directory)
+    model.class_names = [str(n) for n in names] or None
     return model.eval()

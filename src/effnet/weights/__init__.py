@@ -1,14 +1,14 @@
-"""Weights: fetching (cache, hash, offline), reading (format from content), converting."""
+"""Weights: fetching (cache, hash, format check, offline), reading (format from content), converting."""
 
 from .convert import FORMATS, convert_state_dict, detect_format
-from .formats import WeightFileError, read_weight_file, unwrap_state_dict
-from .hub import DownloadError, HashMismatchError, cache_dir, fetch
-from .load import (CONFIG_NAME, WEIGHTS_NAME, WeightMismatchError, adapt_input_conv, load_state_dict,
-                   load_weights, resolve_source_path, save_pretrained)
+from .formats import WeightFileError, check_weight_file, read_weight_file, unwrap_state_dict
+from .hub import DownloadError, HashMismatchError, cache_dir, cache_path, fetch
+from .load import (CONFIG_NAME, WEIGHTS_NAME, ConfigError, WeightMismatchError, adapt_input_conv, check_finite,
+                   load_state_dict, load_weights, read_folder_config, resolve_source_path, save_pretrained)
 
 __all__ = [
-    "FORMATS", "convert_state_dict", "detect_format", "WeightFileError", "read_weight_file",
-    "unwrap_state_dict", "DownloadError", "HashMismatchError", "cache_dir", "fetch", "CONFIG_NAME",
-    "WEIGHTS_NAME", "WeightMismatchError", "adapt_input_conv", "load_state_dict", "load_weights",
-    "save_pretrained", "resolve_source_path",
+    "FORMATS", "convert_state_dict", "detect_format", "WeightFileError", "check_weight_file", "read_weight_file",
+    "unwrap_state_dict", "DownloadError", "HashMismatchError", "cache_dir", "cache_path", "fetch", "CONFIG_NAME",
+    "WEIGHTS_NAME", "ConfigError", "WeightMismatchError", "adapt_input_conv", "check_finite", "load_state_dict",
+    "load_weights", "read_folder_config", "save_pretrained", "resolve_source_path",
 ]

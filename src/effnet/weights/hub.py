@@ -1,9 +1,31 @@
-"""Downloading weight files: cache, hash check, atomic writes, offline mode.
+"""Downloading weight files: cache, verification, atomic writes, offline mode.
 
-Files land in ``$EFFNET_HOME/weights`` (default ``~/.cache/effnet/weights``). A download
-is written to a temporary file beside its final name, hashed while it streams, and only
-renamed into place once complete and verified, so an interrupted or corrupt download never
-leaves a file in the cache.
+Cache layout: ``cache_dir()/<key>/<name>`` where ``cache_dir()`` is ``$EFFNET_HOME/weights``
+(default ``~/.cache/effnet/weights``), ``<key>`` the first 16 hex digits of the sha256 of
+the URL (:func:`cache_path`) and ``<name>`` the URL's file name. Keying by URL means a file
+downloaded from one address is never handed out for another with the same file name.
+Files from the older flat layout (``cache_dir()/<name>``) are not used.
+
+Nothing enters the cache unverified. A download streams into a temporary
+``.<name>.<random>.part`` file beside its final name and is renamed into place only
+after it (1) was not served as an HTML page (``Content-Type: text/html``), (2) has its
+Content-Length when the server sent one, and (3) matches its full published sha256, or,
+without one, the torch.hub hash prefix in its name where there is one *and* reads as a
+complete weight file of a known format (:func:`effnet.weights.formats.check_weight_file`,
+or the ``check`` given to :func:`fetch`). A download cut short without a Content-Length
+is caught by (3). A cached file that fails its hash is removed and fetched again; one
+that fails to read is removed by the reader. ``.part`` files are removed when their
+download fails; one left by a killed process is removed by the next :func:`fetch` once it
+is older than :data:`STALE_PART_SECONDS` (younger ones may belong to a download running
+in another process).
+
+Why not pooch: pooch (download, hash, cache, progress) was weighed. Its only gate before
+a file is moved into the cache is the hash: with no published hash (the official Lite
+archives) it caches whatever arrives, HTML error pages and cut-short bodies included;
+its processors run after the move, too late. A custom pooch downloader could check the
+Content-Type and the format, but it would be this module's HTTP loop again, plus a new
+dependency (pooch is not among effnet's) and pooch's own offline and error messages to
+translate back. The hand-written loop below is kept, and fixed.
 """
 
 from __future__ import annotations
@@ -13,22 +35,26 @@ import http.client
 import os
 import re
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from tqdm import tqdm
 
-__all__ = ["DownloadError", "HashMismatchError", "cache_dir", "is_url", "fetch", "file_sha256",
-           "hash_prefix_from_name"]
+__all__ = ["DownloadError", "HashMismatchError", "cache_dir", "cache_path", "is_url", "fetch", "file_sha256",
+           "hash_prefix_from_name", "STALE_PART_SECONDS"]
 
 _CHUNK = 1 << 20
+# A temporary download file untouched this long is left over from a killed process.
+STALE_PART_SECONDS = 24 * 3600
 
 
 class DownloadError(RuntimeError):
-    """A weight file could not be obtained (network error, HTTP error, truncated, offline)."""
+    """A weight file could not be obtained (network or HTTP error, an HTML page, truncated,
+    not a readable weight file, offline)."""
 
 
 class HashMismatchError(DownloadError):
@@ -38,6 +64,19 @@ class HashMismatchError(DownloadError):
 def cache_dir() -> Path:
     """Where downloaded weights are kept: ``$EFFNET_HOME/weights``, default ``~/.cache/effnet/weights``."""
     return Path(os.environ.get("EFFNET_HOME", "~/.cache/effnet")).expanduser() / "weights"
+
+
+def cache_path(url: str, filename: Optional[str] = None) -> Path:
+    """The cache path of ``url``: ``cache_dir()/<first 16 hex of sha256(url)>/<file name>``.
+
+    Args:
+        url: the download address (the key; a ``#fragment`` is ignored).
+        filename: the file name to keep (default: the URL's last path component).
+    """
+    url = urllib.parse.urldefrag(str(url))[0]
+    name = filename or Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name or "download"
+    key = hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
+    return cache_dir() / key / name
 
 
 def is_url(source: str) -> bool:
@@ -73,29 +112,58 @@ def _check_hash(actual: str, sha256: Optional[str], prefix: Optional[str], what:
                                 f"(the hash prefix in its name); the file is corrupt or not the published one")
 
 
+def _remove_stale_parts(root: Path, now: Optional[float] = None) -> None:
+    """Delete ``.part`` files under ``root`` not modified for :data:`STALE_PART_SECONDS`."""
+    if not root.is_dir():
+        return
+    now = time.time() if now is None else now
+    for part in list(root.glob(".*.part")) + list(root.glob("*/.*.part")):
+        try:
+            if now - part.stat().st_mtime > STALE_PART_SECONDS:
+                part.unlink()
+        except OSError:
+            pass                     # gone already, or not ours to remove
+
+
+def _default_check(path: Path) -> None:
+    from .formats import check_weight_file
+
+    check_weight_file(path)
+
+
 def fetch(url: str, sha256: Optional[str] = None, filename: Optional[str] = None, progress: bool = True,
-          timeout: float = 30.0) -> Path:
+          timeout: float = 30.0, check: Optional[Callable[[Path], None]] = None) -> Path:
     """Return a local path for ``url``, downloading it into the cache if needed.
 
     Args:
         url: http(s) or file URL.
-        sha256: the full published hash; when None, the hash prefix in the file name
-            (torch.hub convention) is checked if there is one.
-        filename: cache file name (default: the URL's last path component).
+        sha256: the full published hash (64 hex digits); when None, the hash prefix in the
+            file name (torch.hub convention) is checked if there is one.
+        filename: file name to keep in the cache (default: the URL's last path component).
         progress: show a tqdm progress bar (bytes).
         timeout: socket timeout in seconds.
+        check: called with the downloaded temporary file when no full ``sha256`` is given;
+            raises (any exception) if the content is not usable. Default: it must be a
+            complete, readable weight file of a known format
+            (:func:`effnet.weights.formats.check_weight_file`). Pass another check for
+            other files (e.g. a zip archive).
 
     Returns:
-        Path of the verified file in the cache (a file URL's own path for ``file://``).
+        Path of the verified file in the cache, :func:`cache_path` (a file URL's own path
+        for ``file://``).
 
     Raises:
         DownloadError: offline (``EFFNET_OFFLINE=1``) with the file not cached, network or
-            HTTP error (404...), or a download shorter than its Content-Length; the message
-            names the file, the URL and where to put a manually downloaded copy.
-        HashMismatchError: the bytes do not match the published hash.
+            HTTP error (404...), a page served as ``text/html``, a download shorter than
+            its Content-Length, or content that fails ``check`` (e.g. cut short with no
+            Content-Length); the message names the file, the URL and where to put a
+            manually downloaded copy. Nothing is left in the cache.
+        HashMismatchError: the bytes do not match the published hash (a cached copy that
+            does not is removed first).
     """
     parsed = urllib.parse.urlparse(url)
-    name = filename or Path(urllib.parse.unquote(parsed.path)).name
+    target = cache_path(url, filename)
+    name = target.name
     prefix = None if sha256 else hash_prefix_from_name(name)
     if parsed.scheme == "file":
         path = Path(urllib.request.url2pathname(parsed.path))
@@ -104,15 +172,21 @@ def fetch(url: str, sha256: Optional[str] = None, filename: Optional[str] = None
         _check_hash(file_sha256(path), sha256, prefix, str(path))
         return path
 
-    target = cache_dir() / name
+    _remove_stale_parts(cache_dir())
+    where = f"download it from {url} and save it as {target}"
+    removed = ""
     if target.is_file():
         # Downloads are verified before they are renamed into place; a file put there by
-        # hand is checked here, whenever a hash is known.
-        _check_hash(file_sha256(target), sha256, prefix, f"cached {target} (delete it to download again)")
-        return target
-    where = f"download it from {url} and save it as {target}"
+        # hand is checked here whenever a hash is known, and by the reader otherwise.
+        try:
+            _check_hash(file_sha256(target), sha256, prefix, f"cached {target}")
+            return target
+        except HashMismatchError as e:
+            target.unlink(missing_ok=True)
+            removed = f"{e}; it was removed from the cache. "
     if os.environ.get("EFFNET_OFFLINE", "") not in ("", "0"):
-        raise DownloadError(f"EFFNET_OFFLINE is set and {name} is not in the cache; {where}")
+        cls = HashMismatchError if removed else DownloadError
+        raise cls(f"{removed}EFFNET_OFFLINE is set and {name} is not in the cache; {where}")
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{name}.", suffix=".part")
     tmp = Path(tmp_name)
@@ -121,8 +195,13 @@ def fetch(url: str, sha256: Optional[str] = None, filename: Optional[str] = None
         with os.fdopen(fd, "wb") as out:
             try:
                 with urllib.request.urlopen(url, timeout=timeout) as resp:
+                    ctype = (resp.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+                    if ctype == "text/html":
+                        raise DownloadError(f"cannot download {name}: {url} answered with an HTML page "
+                                            f"(Content-Type text/html), not the file (a login, error or "
+                                            f"redirect page); nothing was cached; {where}")
                     total = resp.headers.get("Content-Length")
-                    total = int(total) if total else None
+                    total = int(total) if total and total.isdigit() else None
                     done = 0
                     with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name,
                               disable=not progress, leave=False) as bar:
@@ -144,7 +223,19 @@ def fetch(url: str, sha256: Optional[str] = None, filename: Optional[str] = None
                 raise DownloadError(f"download of {name} from {url} was cut off: got {done} of {total} bytes; "
                                     f"try again, or {where}")
         _check_hash(h.hexdigest(), sha256, prefix, f"download of {name} from {url}")
+        if not sha256:
+            try:
+                (check or _default_check)(tmp)
+            except Exception as e:
+                detail = str(e).replace(str(tmp), name)
+                raise DownloadError(f"download of {name} from {url} ({done} bytes) is not usable: {detail}; "
+                                    f"nothing was cached; try again, or {where}") from e
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+        if not target.exists():
+            try:
+                target.parent.rmdir()            # the URL's folder, if the failure left it empty
+            except OSError:
+                pass
     return target

@@ -1,4 +1,21 @@
-"""Loading weights into a model, and effnet's own save/load format."""
+"""Loading weights into a model, and effnet's own save/load format.
+
+Checks made on every load, whatever the format:
+
+* non-finite tensors (NaN/Inf) are refused, naming the tensor and the file;
+* an effnet folder (:func:`save_pretrained`) loads strictly: its ``config.json`` must
+  have every key (:data:`FOLDER_CONFIG_KEYS`) and agree with its weights
+  (``num_classes`` = classifier rows, ``in_chans`` = stem input channels), and the model
+  must have the folder's ``num_classes``/``in_chans`` unless the caller asked for other
+  values (``strict=False``);
+* TF-trained weights put in a symmetric-padding model give a ``UserWarning`` naming the
+  ``tf_`` model to use. Which files are TF-trained is only known for some: TFLite graphs
+  and EfficientNet-PyTorch (lukemelas) files (all of its weights are ports of the TF
+  checkpoints); registered sources carry :attr:`~effnet.registry.WeightSource.tf_trained`;
+  a file whose name is that of a registered TF-trained source or starts with ``tf_``
+  (timm's name for its TF ports). A timm or torchvision file under another name cannot be
+  told apart from PyTorch-trained weights by its keys or values, so it gets no warning.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +23,7 @@ import dataclasses
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -14,14 +32,22 @@ from torch import nn
 
 from .._io import atomic_write
 from .convert import convert_state_dict
-from .formats import read_weight_file
+from .formats import WeightFileError, read_json, read_weight_file
 from .hub import fetch, is_url
 
-__all__ = ["WeightMismatchError", "adapt_input_conv", "resolve_source_path", "load_weights", "load_state_dict",
-           "save_pretrained", "CONFIG_NAME", "WEIGHTS_NAME"]
+__all__ = ["WeightMismatchError", "ConfigError", "adapt_input_conv", "resolve_source_path", "load_weights",
+           "load_state_dict", "save_pretrained", "read_folder_config", "check_finite", "CONFIG_NAME", "WEIGHTS_NAME",
+           "FOLDER_CONFIG_KEYS"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+# Keys :func:`save_pretrained` writes and :func:`read_folder_config` requires.
+FOLDER_CONFIG_KEYS = ("format", "model", "num_classes", "in_chans", "overrides", "preprocess")
+PREPROCESS_KEYS = ("input_size", "crop_pct", "interpolation", "mean", "std")
+
+
+class ConfigError(WeightFileError):
+    """An effnet folder's ``config.json`` lacks a key, or disagrees with its weights or the model."""
 
 
 class WeightMismatchError(ValueError):
@@ -78,6 +104,123 @@ def resolve_source_path(source: Union[str, os.PathLike], sha256: Optional[str] =
     return path
 
 
+def check_finite(state_dict: Dict[str, torch.Tensor], source: str = "state dict") -> None:
+    """Refuse floating-point tensors holding NaN or Inf.
+
+    Raises:
+        WeightFileError: the first non-finite tensor, by key, with its NaN/Inf counts and
+            ``source`` (the file).
+    """
+    for key, value in state_dict.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            nan = int(torch.isnan(value).sum())
+            inf = int(torch.isinf(value).sum())
+            raise WeightFileError(f"{source}: tensor {key!r} holds {nan} NaN and {inf} Inf values; refusing "
+                                  f"non-finite weights (a corrupt file or a diverged training run)")
+
+
+def read_folder_config(directory: Union[str, os.PathLike]) -> Dict[str, Any]:
+    """The ``config.json`` of an effnet folder, with every required key checked.
+
+    Returns:
+        The config dict (keys :data:`FOLDER_CONFIG_KEYS`, ``preprocess`` with
+        ``PREPROCESS_KEYS``, optional ``class_names`` and ``version``).
+
+    Raises:
+        FileNotFoundError: no ``config.json`` in ``directory``.
+        ConfigError: not an effnet config, a key missing or of the wrong type; one line
+            naming the file and the key.
+    """
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{Path(directory)} has no {CONFIG_NAME}; expected a folder written by save_pretrained")
+    cfg = read_json(path)
+    for key in FOLDER_CONFIG_KEYS:
+        if key not in cfg:
+            raise ConfigError(f"{path}: missing key {key!r} (an effnet config needs {list(FOLDER_CONFIG_KEYS)})")
+    if cfg["format"] != "effnet":
+        raise ConfigError(f"{path} is not an effnet config (format={cfg['format']!r})")
+    for key, lo in (("num_classes", 0), ("in_chans", 1)):
+        v = cfg[key]
+        if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+            raise ConfigError(f"{path}: key {key!r} must be an integer >= {lo}, got {v!r}")
+    if not isinstance(cfg["model"], str):
+        raise ConfigError(f"{path}: key 'model' must be a model name string, got {cfg['model']!r}")
+    if not isinstance(cfg["overrides"], dict):
+        raise ConfigError(f"{path}: key 'overrides' must be an object, got {cfg['overrides']!r}")
+    pre = cfg["preprocess"]
+    if not isinstance(pre, dict):
+        raise ConfigError(f"{path}: key 'preprocess' must be an object, got {pre!r}")
+    for key in PREPROCESS_KEYS:
+        if key not in pre:
+            raise ConfigError(f"{path}: missing key 'preprocess.{key}'")
+    return cfg
+
+
+def _check_folder(folder: Path, cfg: Dict[str, Any], sd: Dict[str, torch.Tensor], model: nn.Module,
+                  strict: bool) -> None:
+    """An effnet folder's config against its weights (always) and the model (``strict``)."""
+    weights = folder / WEIGHTS_NAME
+    if "stem.conv.weight" not in sd:
+        raise ConfigError(f"{weights} is not in effnet's layout (no 'stem.conv.weight'); "
+                          f"an effnet folder holds the weights save_pretrained writes")
+    w = sd.get("classifier.weight")
+    rows = int(w.shape[0]) if w is not None else 0
+    chans = int(sd["stem.conv.weight"].shape[1])
+    for key, said, found, what in (("num_classes", cfg["num_classes"], rows,
+                                    f"'classifier.weight' has {rows} rows" if w is not None else "there is no classifier"),
+                                   ("in_chans", cfg["in_chans"], chans, f"'stem.conv.weight' takes {chans} channels")):
+        if said != found:
+            raise ConfigError(f"{folder}: {CONFIG_NAME} says {key}={said} but in {WEIGHTS_NAME} {what} "
+                              f"({key}={found}); the folder is inconsistent, save it again with save_pretrained")
+    if strict:
+        for key in ("num_classes", "in_chans"):
+            have = getattr(model, key)
+            if have != cfg[key]:
+                raise ConfigError(f"{folder}: the model has {key}={have} but the folder's {CONFIG_NAME} says "
+                                  f"{key}={cfg[key]}; load it with effnet.from_pretrained, or pass {key}={cfg[key]}")
+
+
+def _tf_model_name(model: nn.Module) -> str:
+    name = getattr(getattr(model, "config", None), "name", None)
+    if isinstance(name, str) and name.startswith("efficientnet_"):
+        return "tf_" + name
+    if isinstance(name, str) and name.startswith("tf_"):
+        return name
+    return "the matching tf_efficientnet_* model"
+
+
+def _tf_trained_reason(kind: str, fmt: str, path: Optional[Path]) -> Optional[str]:
+    """Why a file is known to hold TF-trained weights, or None (see the module docstring)."""
+    if kind == "tflite":
+        return "a TFLite graph"
+    if fmt == "lukemelas":
+        return "EfficientNet-PyTorch weights are ports of the TF checkpoints"
+    if path is not None:
+        if path.name.startswith("tf_"):
+            return "its name starts with tf_, timm's name for its TF ports"
+        try:
+            from ..registry import tf_trained_file_names
+        except ImportError:            # pragma: no cover - registry always importable in the package
+            return None
+        if path.name in tf_trained_file_names():
+            return "a registered TF-trained source has this file name"
+    return None
+
+
+def _warn_tf_padding(model: nn.Module, name: str, reason: str) -> None:
+    from ..layers import Conv2dSame
+
+    if isinstance(model.stem.conv, Conv2dSame):
+        return
+    eps = model.stem.bn.eps
+    tf_name = _tf_model_name(model)
+    fix = "padding='same'" if tf_name == getattr(getattr(model, "config", None), "name", None) else repr(tf_name)
+    warnings.warn(f"{name} holds TF-trained weights ({reason}) but the model uses symmetric padding "
+                  f"(BatchNorm eps {eps:g}); they were trained with TF 'SAME' padding, so outputs will be off "
+                  f"(for B0, logits by about 0.8). Use {fix} instead (TF padding, eps 1e-3)", UserWarning, stacklevel=3)
+
+
 def load_state_dict(model: nn.Module, state_dict: Dict[str, torch.Tensor], source: str = "state dict",
                     unmapped: Sequence[str] = ()) -> Dict[str, Any]:
     """Load effnet-keyed tensors into ``model``, checking every key and shape.
@@ -93,7 +236,9 @@ def load_state_dict(model: nn.Module, state_dict: Dict[str, torch.Tensor], sourc
     Raises:
         WeightMismatchError: any missing, unexpected or mis-shaped key (all listed); the
             model is left unchanged.
+        WeightFileError: a NaN/Inf tensor (:func:`check_finite`).
     """
+    check_finite(state_dict, source)
     target = model.state_dict()
     sd = dict(state_dict)
     classifier_loaded = "classifier.weight" in sd
@@ -122,7 +267,8 @@ def load_state_dict(model: nn.Module, state_dict: Dict[str, torch.Tensor], sourc
 
 
 def load_weights(model: nn.Module, source: Union[str, os.PathLike, Tuple[str, Any]],
-                 sha256: Optional[str] = None, name: Optional[str] = None) -> Dict[str, Any]:
+                 sha256: Optional[str] = None, name: Optional[str] = None, strict: Optional[bool] = None,
+                 tf_trained: Optional[bool] = None) -> Dict[str, Any]:
     """Load a weight file, URL or effnet folder into ``model`` (in place).
 
     The format is told from the content: safetensors or torch pickles in the timm,
@@ -135,21 +281,33 @@ def load_weights(model: nn.Module, source: Union[str, os.PathLike, Tuple[str, An
             :func:`~effnet.weights.formats.read_weight_file`.
         sha256: expected hash for URLs (else the hash prefix in the file name is checked).
         name: how error messages name the source (default: its path).
+        strict: for an effnet folder, require the model's ``num_classes``/``in_chans`` to
+            be the folder's (default True for folders; False lets a caller who asked for a
+            new head or stem have one). Other sources ignore it.
+        tf_trained: whether the weights were trained with TF 'SAME' padding; None: told
+            from the file where possible (module docstring). True with a symmetric-padding
+            model gives a ``UserWarning`` naming the ``tf_`` model to use.
 
     Returns:
         A report: ``format``, ``classifier_loaded``, ``stem_adapted`` and, for TFLite,
         ``mean``/``std`` (the graph's input normalisation) and ``quantized``.
 
     Raises:
-        FileNotFoundError, WeightFileError, DownloadError, HashMismatchError,
-        WeightMismatchError (keys/shapes, listed), ValueError (TFLite graph mismatch).
+        FileNotFoundError, WeightFileError (also NaN/Inf tensors, by key), ConfigError
+        (effnet folder: missing key, config vs weights vs model), DownloadError,
+        HashMismatchError, WeightMismatchError (keys/shapes, listed), ValueError (TFLite
+        graph mismatch).
     """
+    path: Optional[Path] = None
+    folder_cfg = None
     if isinstance(source, tuple):
         kind, obj = source
         name = name or "weights"
     else:
         path = resolve_source_path(source, sha256)
         if path.is_dir():
+            folder_cfg = read_folder_config(path)
+            name = str(Path(name) / WEIGHTS_NAME) if name else None
             path = path / WEIGHTS_NAME
         kind, obj = read_weight_file(path)
         name = name or str(path)
@@ -157,14 +315,25 @@ def load_weights(model: nn.Module, source: Union[str, os.PathLike, Tuple[str, An
         from .tflite import tflite_state_dict
 
         sd, info = tflite_state_dict(obj, model)
+        check_finite(sd, name)
+        if tf_trained is not False and (tf_trained or _tf_trained_reason(kind, "", path)):
+            _warn_tf_padding(model, name, "a TFLite graph")
         report = load_state_dict(model, sd, name)
         report.update(format="tflite", mean=info.mean, std=info.std, quantized=info.quantized,
                       source_classes=info.num_classes)
         return report
+    check_finite(obj, name)                     # the file's own keys
+    if folder_cfg is not None:
+        _check_folder(path.parent, folder_cfg, obj, model, strict is not False)
     try:
         sd, fmt, unmapped = convert_state_dict(obj, model)
     except KeyError as e:
         raise WeightMismatchError(name, [], list(obj)[:20], []) from e
+    named = path if path is not None else (Path(str(name)) if name else None)   # a pre-read file: its name
+    reason = None if tf_trained is False else (_tf_trained_reason(kind, fmt, named) or
+                                               ("the registered source is TF-trained" if tf_trained else None))
+    if reason:
+        _warn_tf_padding(model, name, reason)
     report = load_state_dict(model, sd, name, unmapped)
     report["format"] = fmt
     return report

@@ -58,6 +58,9 @@ class _Graph:
     def __init__(self, buf: bytes) -> None:
         import tflite
 
+        from .formats import _check_tflite
+
+        _check_tflite(buf, "TFLite graph")      # every table and buffer inside buf (read_weight_file did it too)
         self.tfl = tflite
         self.model = tflite.Model.GetRootAsModel(buf, 0)
         self.g = self.model.Subgraphs(0)
@@ -151,6 +154,7 @@ def tflite_state_dict(buf: bytes, model: nn.Module) -> Tuple[Dict[str, torch.Ten
     Raises:
         ValueError: the graph does not match the model (the message says where), or
             uses ops this reader does not know before the stem.
+        WeightFileError: ``buf`` is truncated or corrupt (a ValueError too).
     """
     graph = _Graph(buf)
     tfl = graph.tfl
