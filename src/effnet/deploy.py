@@ -285,11 +285,15 @@ def calibration_batches(model: nn.Module, images: Union[str, os.PathLike, Sequen
                         n: int = 64, batch: int = 16, size: Optional[int] = None) -> List[np.ndarray]:
     """Real images preprocessed for INT8 calibration, as :func:`quantize_onnx_int8` takes them.
 
+    Files are decoded by the library's one decoder (:func:`effnet.data.load_transformed`),
+    exactly as at inference; one that cannot be decoded (corrupt, truncated, oversized, not
+    an image) is skipped with a ``UserWarning`` naming it, and the next file takes its place.
+
     Args:
         model: the model to quantize (its eval preprocessing is used).
         images: a folder (searched recursively, sorted), one image file or a list of image
             files; default the shared ImageNet sample photos (``$EFFNET_DATA/imagenet-samples/images``).
-        n: the first ``n`` images are used.
+        n: the first ``n`` readable images are used.
         batch: images per returned batch.
         size: input side in pixels when it is not the model's own (same crop_pct).
 
@@ -297,13 +301,12 @@ def calibration_batches(model: nn.Module, images: Union[str, os.PathLike, Sequen
         float32 arrays (<= batch, C, size, size).
 
     Raises:
-        ValueError: no images found.
-        ImageDecodeError: an image cannot be decoded (calibrating on fewer images than asked
-            would silently change the quantization ranges).
+        ValueError: no images found, or none of them could be decoded (the message names
+            the first file and why).
     """
     import dataclasses
 
-    from .data import IMAGE_EXTENSIONS, data_dir, eval_transform, load_image
+    from .data import IMAGE_EXTENSIONS, ImageDecodeError, data_dir, eval_transform, load_transformed
 
     if images is None or isinstance(images, (str, os.PathLike)):
         root = Path(images) if images is not None else data_dir() / "imagenet-samples" / "images"
@@ -312,12 +315,24 @@ def calibration_batches(model: nn.Module, images: Union[str, os.PathLike, Sequen
         where = str(root)
     else:
         files, where = [Path(f) for f in images], "the given list"
-    files = files[:n]
-    if not files:
+    if not files or n <= 0:
         raise ValueError(f"no calibration images in {where}; pass a folder of real images (--calibration DIR)")
     pre = model.config.preprocess
     t = eval_transform(dataclasses.replace(pre, input_size=size) if size else pre)
-    x = torch.stack([t(load_image(f)) for f in files]).numpy()
+    xs, errors = [], []
+    for f in files:
+        if len(xs) == n:
+            break
+        try:
+            xs.append(load_transformed(f, t))
+        except (ImageDecodeError, FileNotFoundError) as e:
+            errors.append(str(e))
+    if errors:
+        warnings.warn(f"skipped {len(errors)} unreadable calibration image(s): " + " | ".join(errors), stacklevel=2)
+    if not xs:
+        raise ValueError(f"none of the {len(errors)} calibration images in {where} could be decoded "
+                         f"(first: {errors[0]}); pass a folder of real images (--calibration DIR)")
+    x = torch.stack(xs).numpy()
     return [x[i:i + batch] for i in range(0, len(x), batch)]
 
 

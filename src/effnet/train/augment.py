@@ -22,16 +22,16 @@ __all__ = ["train_decode", "TrainAugment"]
 def train_decode(size: int, interpolation: str = "bicubic") -> Callable[[Image.Image], torch.Tensor]:
     """Worker-side step: resize the shorter side to ``size / 0.875`` and take the central square.
 
-    Returns a function: RGB Pillow image -> uint8 tensor (3, S, S), S = round(size / 0.875),
-    so that batches stack and RandomResizedCrop still sees most of each image.
+    Returns a :class:`effnet.data.ResizeCropTransform`: RGB Pillow image -> uint8 tensor
+    (3, S, S), S = round(size / 0.875), so that batches stack and RandomResizedCrop still
+    sees most of each image. It resizes in bounded memory (any aspect ratio) and carries
+    ``decode_size = S``, so :class:`effnet.data.ImageDataset` decodes big JPEGs at reduced
+    scale and refuses oversized images through the one decoder, :func:`effnet.data.load_image`.
     """
+    from ..data import ResizeCropTransform
+
     side = int(round(size / 0.875))
-
-    def decode(img: Image.Image) -> torch.Tensor:
-        img = center_crop(resize_shorter_side(img, side, interpolation), side)
-        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
-
-    return decode
+    return ResizeCropTransform(side, side, interpolation)
 
 
 class TrainAugment(nn.Module):
