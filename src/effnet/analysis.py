@@ -136,7 +136,10 @@ def build_engine(model: nn.Module, engine: str, resolution: int, calibration=Non
             raise ValueError(f"{engine} needs calibration batches (preprocessed real images)")
         if engine.startswith("openvino"):
             deploy.OpenVinoModel.check_available()
-        d = Path(workdir or tempfile.mkdtemp(prefix="effnet-bench-"))
+        # A folder of our own is removed when the engine is dropped, or at exit (weakref.finalize
+        # of TemporaryDirectory): OpenVINO reads the file again for each new input shape.
+        tmp = None if workdir else tempfile.TemporaryDirectory(prefix="effnet-bench-")
+        d = Path(workdir or tmp.name)
         path = deploy.export_onnx(model, d / "model.onnx", input_size=resolution)
         if engine in INT8_ENGINES:
             path = deploy.quantize_onnx_int8(path, d / "model-int8.onnx", calibration)
@@ -144,7 +147,7 @@ def build_engine(model: nn.Module, engine: str, resolution: int, calibration=Non
             runner = deploy.OpenVinoModel(path, threads=torch.get_num_threads())
         else:
             runner = deploy.OnnxModel(path, threads=torch.get_num_threads())
-        return lambda x: torch.from_numpy(runner(x))
+        return lambda x, _keep=tmp: torch.from_numpy(runner(x))
     raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
 
 

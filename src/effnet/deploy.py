@@ -11,6 +11,7 @@ a statically quantized INT8 ONNX model calibrated on real images.
 from __future__ import annotations
 
 import copy
+import io
 import os
 import tempfile
 import warnings
@@ -21,11 +22,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._io import atomic_write
+from ._io import atomic_write, make_parent
 from .layers import ConvNormAct
 
 __all__ = ["fold_bn", "export_onnx", "onnx_session", "OnnxModel", "OpenVinoModel", "run_in_micro_batches",
-           "MICRO_BATCH", "calibration_batches", "quantize_onnx_int8", "ExportError"]
+           "MICRO_BATCH", "calibration_batches", "quantize_onnx_int8", "ExportError", "export_torchscript"]
 
 
 class ExportError(RuntimeError):
@@ -82,7 +83,7 @@ def export_onnx(model: nn.Module, path: Union[str, os.PathLike], input_size: Opt
     size = input_size or model.config.preprocess.input_size
     x = torch.randn(max(batch_size, 2) if dynamic_batch else batch_size, model.in_chans, size, size)
     dynamic = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_parent(path)
 
     def write(tmp: str) -> None:
         torch.onnx.export(model, (x,), tmp, input_names=["input"], output_names=["output"], opset_version=18,
@@ -336,6 +337,31 @@ def calibration_batches(model: nn.Module, images: Union[str, os.PathLike, Sequen
     return [x[i:i + batch] for i in range(0, len(x), batch)]
 
 
+def export_torchscript(model: nn.Module, path: Union[str, os.PathLike]) -> Path:
+    """Script ``model`` with BatchNorm folded (:func:`fold_bn`) and write it atomically.
+
+    The archive is serialised to memory first and written by :func:`effnet._io.atomic_write`:
+    torch's own file writer aborts the process on a full disk (SIGABRT) and truncates the
+    file it replaces, where this raises an ``OSError`` and keeps the previous file.
+
+    Args:
+        model: an EfficientNet (input (N, C, H, W) float32 -> logits (N, num_classes)).
+        path: output file (``.pt``); its folder is created when missing.
+
+    Returns:
+        The path.
+
+    Raises:
+        OSError (``effnet._io.WriteError``): the file could not be written (no space left,
+            a folder in the path is a file...); the message names it.
+    """
+    path = make_parent(path)
+    scripted = torch.jit.script(fold_bn(model))
+    buf = io.BytesIO()
+    torch.jit.save(scripted, buf)
+    return atomic_write(path, buf.getbuffer())
+
+
 def quantize_onnx_int8(fp32_path: Union[str, os.PathLike], out_path: Union[str, os.PathLike],
                        calibration: Iterable[np.ndarray], per_channel: bool = True) -> Path:
     """Static INT8 post-training quantization with onnxruntime, calibrated on real images.
@@ -365,13 +391,12 @@ def quantize_onnx_int8(fp32_path: Union[str, os.PathLike], out_path: Union[str, 
             return None if b is None else {"input": b}
 
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_path.parent) as d:      # same filesystem: atomic rename
+    make_parent(out_path)
+    with tempfile.TemporaryDirectory(prefix="effnet-int8-") as d:
         pre = Path(d) / "pre.onnx"
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-        tmp = Path(d) / "int8.onnx"
-        quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-        os.replace(tmp, out_path)
+        atomic_write(out_path, lambda tmp: quantize_static(
+            str(pre), tmp, Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8), suffix=".onnx")
     return out_path
 
