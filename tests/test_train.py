@@ -227,6 +227,9 @@ def test_demo_downloads_when_shared_data_is_absent(tmp_path, monkeypatch, data):
         httpd.server_close()
     assert folder == tmp_path / "home" / "data" / "hymenoptera_data"
     assert sorted(p.name for p in folder.iterdir()) == ["train", "val"]
-    assert archive.name == "efficientnet-lite0.tar.gz" and archive.parent == tmp_path / "home" / "weights"
+    from effnet.weights import cache_path
+
+    assert archive == cache_path(f"{url}/efficientnet-lite0.tar.gz")          # keyed by its URL
+    assert archive.name == "efficientnet-lite0.tar.gz" and archive.parent.parent == tmp_path / "home" / "weights"
     model = effnet.create_model("efficientnet_lite0", num_classes=None, weights=archive)
     assert model.num_classes == 3 and model.config.padding == "same"

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-
-from ..data import center_crop, resize_shorter_side
 
 __all__ = ["train_decode", "TrainAugment"]
 

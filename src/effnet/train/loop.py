@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import math
 import os
 import random
+import shutil
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -34,7 +36,8 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
 from tqdm import tqdm
 
-from .._io import atomic_write
+from .._io import atomic_write, clean_stale_temporaries
+from .._validate import check_float, check_int
 from ..data import ImageDataset, collate_skip, eval_transform
 from ..evaluation import evaluate
 from ..registry import PreprocessConfig, create_model
@@ -42,7 +45,8 @@ from .augment import TrainAugment, train_decode
 from .optim import build_optimizer, lr_factor
 from .recipe import Recipe, get_recipe
 
-__all__ = ["fit", "FitResult", "make_datasets", "tf_ema"]
+__all__ = ["fit", "FitResult", "make_datasets", "tf_ema", "CheckpointError", "NonFiniteLossError", "load_checkpoint",
+           "save_checkpoint", "RUN_OUTPUTS"]
 
 CHECKPOINT = "last.pt"
 METRICS = ["epoch", "lr", "train_loss", "train_top1", "val_top1", "val_top5", "images_per_s", "seconds", "skipped"]
@@ -79,6 +83,35 @@ def tf_ema(decay: float):
     return update
 
 
+def _class_folders(root: Path) -> Dict[str, int]:
+    """Class folder name -> number of image files under it (any depth)."""
+    from ..data import IMAGE_EXTENSIONS
+
+    return {d.name: sum(1 for f in d.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
+            for d in sorted(root.iterdir()) if d.is_dir()}
+
+
+def _check_classes(data: Path) -> None:
+    """Refuse data that cannot train a classifier: fewer than 2 classes, a class folder with
+    no images, or ``train/`` and ``val/`` with different class folders (all listed)."""
+    split = (data / "train").is_dir() and (data / "val").is_dir()
+    train = _class_folders(data / "train" if split else data)
+    where = data / "train" if split else data
+    empty = [c for c, n in train.items() if n == 0]
+    if empty:
+        raise ValueError(f"class folder(s) with no images in {where}: {empty}; add images or remove the folder(s)")
+    if len(train) < 2:
+        raise ValueError(f"{where} has {len(train)} class folder(s) {list(train)}; a classifier needs at least "
+                         f"2 classes (expected {where}/<class>/<image> for 2 or more classes)")
+    if split:
+        val = _class_folders(data / "val")
+        only_val = sorted(set(val) - set(train))
+        only_train = sorted(set(train) - set(val))
+        if only_val or only_train:
+            raise ValueError(f"train/ and val/ of {data} have different class folders: only in val/ {only_val}, "
+                             f"only in train/ {only_train}; give both the same classes")
+
+
 def make_datasets(data: Union[str, Path], size: int, preprocess: PreprocessConfig, val_split: float = 0.2,
                   seed: int = 0):
     """Train and val datasets from ``data/train`` + ``data/val``, or one folder split with ``seed``.
@@ -86,8 +119,17 @@ def make_datasets(data: Union[str, Path], size: int, preprocess: PreprocessConfi
     Returns:
         ``(train, val, classes)``: train items are uint8 squares for :class:`TrainAugment`;
         val items go through the eval transform of ``preprocess`` at ``size``.
+
+    Raises:
+        FileNotFoundError: ``data`` is missing or holds no images.
+        ValueError: fewer than 2 classes, a class folder without images, train/ and val/
+            with different class folders, or a split that leaves a side empty.
     """
     data = Path(data)
+    if not data.is_dir():
+        raise FileNotFoundError(f"data folder not found: {data}; expected {data}/train/<class>/<image> and "
+                                f"{data}/val/<class>/<image>, or {data}/<class>/<image>")
+    _check_classes(data)
     val_pre = PreprocessConfig(size, preprocess.crop_pct, preprocess.interpolation, preprocess.mean, preprocess.std)
     if (data / "train").is_dir() and (data / "val").is_dir():
         train = ImageDataset.from_folder(data / "train", train_decode(size, preprocess.interpolation))
@@ -96,13 +138,30 @@ def make_datasets(data: Union[str, Path], size: int, preprocess: PreprocessConfi
     full = ImageDataset.from_folder(data, train_decode(size, preprocess.interpolation))
     order = torch.randperm(len(full), generator=torch.Generator().manual_seed(seed)).tolist()
     n_val = max(1, int(round(len(full) * val_split)))
+    if n_val >= len(full):
+        raise ValueError(f"{data} has {len(full)} images: too few to split {val_split:g} of them off for "
+                         f"validation and keep some for training; add images or give train/ and val/ folders")
     train = Subset(full, order[n_val:])
     val_full = ImageDataset(full.samples, eval_transform(val_pre), full.classes)
     return train, Subset(val_full, order[:n_val]), full.classes
 
 
+# ---- checkpoints: plain types and tensors only, loaded with weights_only=True --------------------
+
+class CheckpointError(ValueError):
+    """A run folder's ``last.pt`` cannot be used to resume (truncated, not a checkpoint, another run)."""
+
+
 def _rng_state() -> Dict[str, Any]:
-    state = dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate())
+    """Every RNG this process draws from, as tensors and plain types (no numpy objects),
+    so that the checkpoint loads with ``torch.load(weights_only=True)``."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, mt, gauss_next = random.getstate()
+    state = dict(torch=torch.get_rng_state(),
+                 numpy=dict(keys=torch.from_numpy(keys.astype(np.int64)), pos=int(pos), has_gauss=int(has_gauss),
+                            gauss=float(gauss)),
+                 python=dict(version=int(version), state=torch.tensor(mt, dtype=torch.int64),
+                             gauss_next=gauss_next))
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -110,20 +169,66 @@ def _rng_state() -> Dict[str, Any]:
 
 def _set_rng_state(state: Dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"].tolist()), p["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+_CHECKPOINT_KEYS = ("model", "ema", "optimizer", "scheduler", "scaler", "rng", "epoch", "history", "best_top1")
+
+
+def save_checkpoint(path: Path, checkpoint: Dict[str, Any]) -> None:
+    """Write a checkpoint atomically: serialised to memory first, then written and renamed,
+    so that a full disk raises ``OSError`` ("no space left on device while writing PATH")
+    and the previous ``last.pt`` is kept."""
+    buf = io.BytesIO()
+    torch.save(checkpoint, buf)
+    atomic_write(path, buf.getbuffer())
+
+
+def load_checkpoint(path: Path) -> Dict[str, Any]:
+    """Read a run's ``last.pt`` safely: ``torch.load(weights_only=True)``, so no pickled code
+    runs, then check it has every entry a resume needs.
+
+    Raises:
+        CheckpointError: truncated, random or hostile content, or entries missing; the
+            message names the file and where the run's best weights are.
+    """
+    best = path.parent / "best"
+    hint = (f"the best weights so far are in {best}; " if best.is_dir() else "") + \
+        f"delete {path} or pass --overwrite to start the run again"
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:        # UnpicklingError, RuntimeError (zip), EOFError...: all mean "unusable"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot resume from {path}: it is truncated, corrupt or not an effnet checkpoint "
+                              f"({type(e).__name__}: {first[:200]}); {hint}") from None
+    missing = [k for k in _CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise CheckpointError(f"cannot resume from {path}: not an effnet training checkpoint (missing {missing}); "
+                              f"{hint}")
+    return ckpt
+
+
+def _non_finite(state: Dict[str, torch.Tensor]) -> List[str]:
+    """Names of the floating-point tensors of a state dict that hold NaN or infinity."""
+    return [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the run stops before anything non-finite is written."""
+
+
 def _write_metrics(history: List[Dict[str, float]], path: Path) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=METRICS)
-            w.writeheader()
-            for row in history:
-                w.writerow({k: row.get(k) for k in METRICS})
-    atomic_write(path, write)
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=METRICS)
+    w.writeheader()
+    for row in history:
+        w.writerow({k: row.get(k) for k in METRICS})
+    atomic_write(path, text.getvalue().encode())
 
 
 def _plot(history: List[Dict[str, float]], path: Path) -> None:
@@ -141,8 +246,10 @@ def _plot(history: List[Dict[str, float]], path: Path) -> None:
     ax2.set(xlabel="epoch", ylabel="top-1 (%)", title="top-1")
     ax2.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
+    atomic_write(path, buf.getbuffer())
 
 
 def _set_phase(model: nn.Module, head_only: bool) -> None:
@@ -158,44 +265,29 @@ def _train_mode(model: nn.Module, freeze_bn: bool) -> None:
                 m.eval()
 
 
-def fit(model: Union[str, nn.Module], data: Union[str, Path], epochs: int, batch_size: int = 32,
-        recipe: Union[str, Recipe] = "paper", out: Optional[Union[str, Path]] = None, resume: bool = False,
-        pretrained: Union[bool, str] = False, weights: Optional[str] = None, image_size: Optional[int] = None,
-        lr: Optional[float] = None, workers: int = 2, seed: int = 0, device: Optional[str] = None,
-        amp: Optional[bool] = None, channels_last: bool = False, grad_checkpointing: bool = False,
-        accumulation_steps: int = 1, sync_bn: bool = False, val_split: float = 0.2,
-        progress: bool = True) -> FitResult:
-    """Train (or fine-tune) an EfficientNet on an image folder.
+# ---- set-up -------------------------------------------------------------------------------------
 
-    Args:
-        model: a registered name (built here with the dataset's classes) or a model.
-        data: folder with ``train/`` and ``val/`` class subfolders, or one folder of class
-            subfolders split ``val_split`` for validation with ``seed``.
-        epochs: total epochs (with ``resume``, the run continues up to this many).
-        batch_size: images per step per process.
-        recipe: a :class:`Recipe` or preset name (``paper``, ``finetune``).
-        out: run folder for checkpoints and metrics (None: nothing is written).
-        resume: continue from ``out/last.pt`` exactly where it stopped.
-        pretrained, weights: as :func:`effnet.create_model` (ignored for a model instance).
-        image_size: training/eval resolution in pixels (default: the model's).
-        lr: peak learning rate (default ``recipe.lr_per_256 * global_batch / 256``).
-        workers: DataLoader processes decoding images.
-        seed: seeds data order, augmentation, dropout, and the val split.
-        device: ``cpu``/``cuda``; default cuda when available (``cuda:LOCAL_RANK`` under torchrun).
-        amp: bf16 autocast (fp16 with gradient scaling on GPUs without bf16); default on for
-            CUDA, off on CPU.
-        channels_last: NHWC memory format. grad_checkpointing: recompute activations.
-        accumulation_steps: micro-batches per optimizer step.
-        sync_bn: SyncBatchNorm across processes (with ``freeze_bn`` recipes it has no effect).
-        progress: tqdm bars (rank 0).
+# What a run writes into its folder; a folder holding any of these is a run, never replaced silently.
+RUN_OUTPUTS = (CHECKPOINT, "best", "metrics.csv", "curves.png", "tb")
 
-    Returns:
-        :class:`FitResult`.
 
-    Raises:
-        FileNotFoundError: ``resume`` without a checkpoint in ``out``, or missing data.
-    """
-    recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
+@dataclass
+class _Env:
+    """Where a run executes: process rank and count, device, mixed precision."""
+
+    distributed: bool
+    rank: int
+    world: int
+    device: torch.device
+    use_amp: bool
+    amp_dtype: torch.dtype
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _make_env(device: Optional[str], amp: Optional[bool]) -> _Env:
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
@@ -203,26 +295,104 @@ def fit(model: Union[str, nn.Module], data: Union[str, Path], epochs: int, batch
     world = dist.get_world_size() if distributed else 1
     if device is None:
         device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    use_amp = device.type == "cuda" if amp is None else amp
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    use_amp = dev.type == "cuda" if amp is None else bool(amp)
     amp_dtype = torch.bfloat16
-    if use_amp and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if use_amp and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
         amp_dtype = torch.float16
-    main = rank == 0
-    run_dir = Path(out) if out is not None else None
-    if run_dir is not None and main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = run_dir / CHECKPOINT if run_dir is not None else None
-    if resume and (ckpt_path is None or not ckpt_path.is_file()):
-        raise FileNotFoundError(f"cannot resume: no checkpoint {ckpt_path}; run without --resume to start")
+    return _Env(distributed, rank, world, dev, use_amp, amp_dtype)
 
-    torch.manual_seed(seed + rank)
-    np.random.seed(seed + rank)
-    random.seed(seed + rank)
 
-    # ---- model and data ----
+def _check_run_dir(run_dir: Optional[Path], resume: bool, overwrite: bool) -> Optional[Path]:
+    """Check the run folder against ``resume``/``overwrite`` (changing nothing) and return the
+    checkpoint path (None without a folder).
+
+    Raises:
+        ValueError: ``resume`` without a run folder, or with ``overwrite``.
+        FileExistsError: the folder already holds a run and neither ``resume`` nor ``overwrite``
+            was given (nothing in it is touched).
+        FileNotFoundError: ``resume`` and the folder has no ``last.pt``.
+    """
+    if run_dir is None:
+        if resume:
+            raise ValueError("resume needs the run folder that holds last.pt: give out=... (--out)")
+        return None
+    if resume and overwrite:
+        raise ValueError("give resume (continue the run) or overwrite (start it again), not both")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FileExistsError(f"run folder {run_dir} is a file; choose another --out")
+    existing = [name for name in RUN_OUTPUTS if (run_dir / name).exists()]
+    ckpt = run_dir / CHECKPOINT
+    if resume and not ckpt.is_file():
+        raise FileNotFoundError(f"cannot resume: no checkpoint {ckpt}; run without --resume to start")
+    if existing and not resume and not overwrite:
+        raise FileExistsError(f"{run_dir} already holds a run ({', '.join(existing)}); pass --resume to continue "
+                              f"it, --overwrite to replace it, or choose another --out")
+    return ckpt
+
+
+def _open_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Create the run folder, delete the old run on ``overwrite``, and remove the temporary
+    files a killed write left (rank 0, once the set-up has succeeded)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        for name in RUN_OUTPUTS:
+            target = run_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    for folder in (run_dir, run_dir / "best"):
+        clean_stale_temporaries(folder)
+
+
+def _validate_fit_args(epochs: Any, batch_size: Any, image_size: Any, lr: Any, workers: Any, accumulation_steps: Any,
+                       val_split: Any, seed: Any) -> None:
+    check_int("epochs", epochs, 1)
+    check_int("batch_size", batch_size, 1)
+    if image_size is not None:
+        check_int("image_size", image_size, 1)
+    if lr is not None:
+        check_float("lr", lr, 0.0, low_open=True)
+    check_int("workers", workers, 0)
+    check_int("accumulation_steps", accumulation_steps, 1)
+    check_float("val_split", val_split, 0.0, 1.0, low_open=True, high_open=True)
+    check_int("seed", seed, 0)
+
+
+@dataclass
+class _State:
+    """Everything that changes while a run trains (and goes into ``last.pt``)."""
+
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    ema: Optional[AveragedModel]
+    criterion: nn.Module
+    augment: TrainAugment
+    train_set: Any
+    val_set: Any
+    classes: List[str]
+    memory_format: torch.memory_format
+    drop_last: bool
+    start_epoch: int = 0
+    history: List[Dict[str, float]] = dataclasses.field(default_factory=list)
+    best_top1: float = -1.0
+    skipped: int = 0
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.net
+
+
+def _build(model: Union[str, nn.Module], data: Union[str, Path], recipe: Recipe, env: _Env, batch_size: int,
+           pretrained: Union[bool, str], weights: Optional[str], image_size: Optional[int], lr: Optional[float],
+           channels_last: bool, grad_checkpointing: bool, accumulation_steps: int, sync_bn: bool,
+           val_split: float, seed: int) -> _State:
+    """Model, data, optimizer, schedule, scaler and EMA of a new run."""
     if isinstance(model, str):
         overrides = dict(drop_path_rate=recipe.drop_path_rate)
         if recipe.dropout is not None:
@@ -245,155 +415,304 @@ def fit(model: Union[str, nn.Module], data: Union[str, Path], epochs: int, batch
             net.classifier.bias.zero_()
     net.set_grad_checkpointing(grad_checkpointing)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    net = net.to(device, memory_format=memory_format)
-    if distributed and sync_bn:
+    net = net.to(env.device, memory_format=memory_format)
+    if env.distributed and sync_bn:
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
-    augment = TrainAugment(size, preprocess.mean, preprocess.std, recipe.augment, recipe.crop_scale).to(device)
+    augment = TrainAugment(size, preprocess.mean, preprocess.std, recipe.augment, recipe.crop_scale).to(env.device)
 
-    global_batch = batch_size * world * accumulation_steps
+    global_batch = batch_size * env.world * accumulation_steps
     peak_lr = lr if lr is not None else recipe.lr_per_256 * global_batch / 256
     optimizer = build_optimizer(net, recipe, peak_lr)
     n_train = len(train_set)
-    drop_last = n_train >= batch_size * world * 2
-    steps_per_epoch = max(1, (n_train // (batch_size * world) if drop_last
-                              else math.ceil(n_train / (batch_size * world))) // accumulation_steps)
+    drop_last = n_train >= batch_size * env.world * 2
+    steps_per_epoch = max(1, (n_train // (batch_size * env.world) if drop_last
+                              else math.ceil(n_train / (batch_size * env.world))) // accumulation_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(
         step, steps_per_epoch, recipe.warmup_epochs, recipe.decay_rate, recipe.decay_epochs))
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler("cuda", enabled=env.use_amp and env.amp_dtype == torch.float16)
     ema = AveragedModel(net, multi_avg_fn=tf_ema(recipe.ema_decay), use_buffers=True) if recipe.ema_decay else None
     criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    return _State(net, optimizer, scheduler, scaler, ema, criterion, augment, train_set, val_set, list(classes),
+                  memory_format, drop_last)
 
-    start_epoch, history, best_top1, skipped_total = 0, [], -1.0, 0
+
+def _resume(state: _State, ckpt_path: Path, env: _Env) -> None:
+    """Restore a run from its checkpoint (read with ``weights_only=True``).
+
+    Raises:
+        CheckpointError: unusable file, or a checkpoint of another model or other classes.
+    """
+    ckpt = load_checkpoint(ckpt_path)
+    if ckpt.get("classes") is not None and list(ckpt["classes"]) != state.classes:
+        raise CheckpointError(f"cannot resume from {ckpt_path}: it was trained on classes {ckpt['classes']}, "
+                              f"the data has {state.classes}; use the same data, or another --out")
+    try:
+        state.net.load_state_dict(ckpt["model"])
+        state.optimizer.load_state_dict(ckpt["optimizer"])
+        state.scheduler.load_state_dict(ckpt["scheduler"])
+        state.scaler.load_state_dict(ckpt["scaler"])
+        if state.ema is not None and ckpt.get("ema") is not None:
+            state.ema.load_state_dict(ckpt["ema"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        first = str(e).strip().splitlines()[0][:300]
+        raise CheckpointError(f"cannot resume from {ckpt_path}: it does not fit this model or recipe ({first}); "
+                              f"resume with the same --model and --recipe, or choose another --out") from None
+    state.start_epoch, state.history, state.best_top1 = ckpt["epoch"] + 1, ckpt["history"], ckpt["best_top1"]
+    state.skipped = ckpt.get("skipped", 0)
+    if len(ckpt["rng"]) == env.world:
+        _set_rng_state(ckpt["rng"][env.rank])
+    if env.main:
+        print(f"resumed from {ckpt_path} after epoch {ckpt['epoch'] + 1}", flush=True)
+
+
+# ---- one epoch ----------------------------------------------------------------------------------
+
+def _loader(state: _State, env: _Env, epoch: int, batch_size: int, workers: int, seed: int) -> DataLoader:
+    if env.distributed:
+        sampler = DistributedSampler(state.train_set, num_replicas=env.world, rank=env.rank, shuffle=True, seed=seed,
+                                     drop_last=state.drop_last)
+        sampler.set_epoch(epoch)
+    else:
+        sampler = RandomSampler(state.train_set, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+    return DataLoader(state.train_set, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      collate_fn=collate_skip, drop_last=state.drop_last,
+                      generator=torch.Generator().manual_seed(seed * 1000 + epoch + 7919 * env.rank),
+                      persistent_workers=False, pin_memory=env.device.type == "cuda")
+
+
+def _check_loss(loss: float, env: _Env, epoch: int, step: int, optimizer: torch.optim.Optimizer,
+                run_dir: Optional[Path]) -> None:
+    """Stop at the first non-finite loss (on any process), before its gradients are applied.
+
+    Raises:
+        NonFiniteLossError: with the epoch, the step, the learning rate and what to try.
+    """
+    bad = not math.isfinite(loss)
+    if env.distributed:
+        flag = torch.tensor([float(bad)], device=env.device)
+        dist.all_reduce(flag)
+        bad = flag.item() > 0
+    if bad:
+        lr = max(g["lr"] for g in optimizer.param_groups)
+        kept = (f"; {run_dir / CHECKPOINT} holds the last good epoch"
+                if run_dir is not None and (run_dir / CHECKPOINT).is_file() else "")
+        raise NonFiniteLossError(
+            f"training stopped: the loss is {loss} at epoch {epoch + 1}, step {step + 1} (learning rate {lr:.3g}); "
+            f"nothing non-finite was written{kept}. Lower the learning rate (--lr), check the images and labels, "
+            f"or train without --amp")
+
+
+def _train_epoch(state: _State, env: _Env, recipe: Recipe, epoch: int, epochs: int, loader: DataLoader,
+                 accumulation_steps: int, progress: bool, run_dir: Optional[Path]) -> Dict[str, float]:
+    """One pass over the training data; returns the epoch's metrics row (without val)."""
+    head_only = epoch < recipe.head_only_epochs
+    _set_phase(state.net, head_only)
+    _train_mode(state.net, recipe.freeze_bn)
+    module = (nn.parallel.DistributedDataParallel(state.net, device_ids=[env.device.index]
+                                                  if env.device.type == "cuda" else None)
+              if env.distributed else state.net)
+    t0 = time.perf_counter()
+    seen = correct = 0
+    loss_sum = 0.0
+    skipped: List[str] = []
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}" + (" (head only)" if head_only else ""),
+               unit="batch", disable=not (progress and env.main), dynamic_ncols=True)
+    state.optimizer.zero_grad(set_to_none=True)
+    micro = 0
+    for step, (x, y, bad) in enumerate(bar):
+        skipped += bad
+        if x is None:
+            continue
+        x = x.to(env.device, non_blocking=True)
+        y = y.to(env.device, non_blocking=True)
+        with torch.no_grad():
+            x = state.augment(x).contiguous(memory_format=state.memory_format)
+        with torch.autocast(env.device.type, dtype=env.amp_dtype, enabled=env.use_amp):
+            logits = module(x)
+            loss = state.criterion(logits.float(), y)
+        loss_value = loss.item()
+        _check_loss(loss_value, env, epoch, step, state.optimizer, run_dir)
+        state.scaler.scale(loss / accumulation_steps).backward()
+        micro += 1
+        if micro % accumulation_steps == 0:
+            state.scaler.step(state.optimizer)
+            state.scaler.update()
+            state.optimizer.zero_grad(set_to_none=True)
+            state.scheduler.step()
+            if state.ema is not None:
+                state.ema.update_parameters(state.net)
+        n = y.shape[0]
+        seen += n
+        loss_sum += loss_value * n
+        correct += (logits.argmax(1) == y).sum().item()
+        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", top1=f"{100 * correct / seen:.1f}",
+                        img_s=f"{seen * env.world / (time.perf_counter() - t0):.1f}")
+    bar.close()
+    for path in skipped:
+        warnings.warn(f"skipped unreadable training image {path}")
+    seconds = time.perf_counter() - t0
+    stats = torch.tensor([loss_sum, correct, seen, len(skipped)], dtype=torch.float64, device=env.device)
+    if env.distributed:
+        dist.all_reduce(stats)
+    loss_sum, correct, seen, n_skipped = stats.tolist()
+    if seen == 0:
+        raise ValueError(f"no training image of epoch {epoch + 1} could be read ({int(n_skipped)} skipped); "
+                         f"check the data folder")
+    state.skipped += int(n_skipped)
+    return dict(epoch=epoch + 1, lr=max(g["lr"] for g in state.optimizer.param_groups),
+                train_loss=loss_sum / seen, train_top1=100 * correct / seen, images_per_s=seen / seconds,
+                seconds=seconds, skipped=int(n_skipped))
+
+
+def _validate(state: _State, env: _Env, batch_size: int, workers: int, seed: int) -> Dict[str, float]:
+    """Val top-1/top-5 of the model a run keeps (the EMA when there is one)."""
+    val_loader = DataLoader(state.val_set, batch_size=batch_size, num_workers=workers, collate_fn=collate_skip,
+                            generator=torch.Generator().manual_seed(seed))   # leaves the global RNG alone
+    r = evaluate(state.eval_model, val_loader, progress=False, device=env.device)
+    if r["images"] == 0:
+        raise ValueError(f"no validation image could be read ({r['skipped']} skipped); check the val images")
+    return dict(val_top1=r["top1"], val_top5=r["top5"])
+
+
+def _save_epoch(state: _State, run_dir: Path, ckpt_path: Path, rng_states: List[Any], epoch: int, row: Dict[str, float],
+                recipe: Recipe, writer: Any) -> None:
+    """Write the epoch's outputs: ``best/`` when val top-1 improved, metrics, TensorBoard and
+    ``last.pt``, refusing to write weights that hold NaN or infinity.
+
+    Raises:
+        NonFiniteLossError: the weights became non-finite (nothing is written).
+        OSError: a write failed (no space...); the previous files are kept.
+    """
+    bad = _non_finite(state.net.state_dict()) + _non_finite(state.eval_model.state_dict())
+    if bad:
+        kept = f", {ckpt_path} keeps the last good epoch" if ckpt_path.is_file() else ""
+        raise NonFiniteLossError(f"training stopped after epoch {epoch + 1}: the weights hold NaN or infinity "
+                                 f"({', '.join(bad[:5])}); nothing was written{kept}. Lower the learning rate (--lr)")
+    if row["val_top1"] > state.best_top1:
+        state.eval_model.save_pretrained(run_dir / "best", class_names=state.classes)
+    state.best_top1 = max(state.best_top1, row["val_top1"])
+    _write_metrics(state.history, run_dir / "metrics.csv")
+    if writer is not None:
+        for k in ("lr", "train_loss", "train_top1", "val_top1", "val_top5", "images_per_s"):
+            writer.add_scalar(k, row[k], epoch + 1)
+        writer.flush()
+    checkpoint = dict(format="effnet-checkpoint", version=2, model=state.net.state_dict(),
+                      ema=state.ema.state_dict() if state.ema is not None else None,
+                      optimizer=state.optimizer.state_dict(), scheduler=state.scheduler.state_dict(),
+                      scaler=state.scaler.state_dict(), rng=rng_states, epoch=epoch, history=state.history,
+                      best_top1=state.best_top1, skipped=state.skipped, recipe=asdict(recipe),
+                      classes=list(state.classes), model_name=state.net.config.name)
+    save_checkpoint(ckpt_path, checkpoint)
+
+
+def fit(model: Union[str, nn.Module], data: Union[str, Path], epochs: int, batch_size: int = 32,
+        recipe: Union[str, Recipe] = "paper", out: Optional[Union[str, Path]] = None, resume: bool = False,
+        pretrained: Union[bool, str] = False, weights: Optional[str] = None, image_size: Optional[int] = None,
+        lr: Optional[float] = None, workers: int = 2, seed: int = 0, device: Optional[str] = None,
+        amp: Optional[bool] = None, channels_last: bool = False, grad_checkpointing: bool = False,
+        accumulation_steps: int = 1, sync_bn: bool = False, val_split: float = 0.2,
+        progress: bool = True, overwrite: bool = False) -> FitResult:
+    """Train (or fine-tune) an EfficientNet on an image folder.
+
+    The steps: set-up (run folder, model, data, optimizer; :func:`_build`), resume
+    (:func:`_resume`), then per epoch :func:`_train_epoch`, :func:`_validate` and
+    :func:`_save_epoch`.
+
+    Args:
+        model: a registered name (built here with the dataset's classes) or a model.
+        data: folder with ``train/`` and ``val/`` class subfolders (the same classes in both),
+            or one folder of class subfolders split ``val_split`` for validation with ``seed``.
+        epochs: total epochs (with ``resume``, the run continues up to this many); >= 1.
+        batch_size: images per step per process; >= 1.
+        recipe: a :class:`Recipe` or preset name (``paper``, ``finetune``).
+        out: run folder for checkpoints and metrics (None: nothing is written). A folder that
+            already holds a run is refused unless ``resume`` or ``overwrite`` is given.
+        resume: continue from ``out/last.pt`` exactly where it stopped.
+        overwrite: delete the run already in ``out`` (``last.pt``, ``best/``, ``metrics.csv``,
+            ``curves.png``, ``tb/``) and start again.
+        pretrained, weights: as :func:`effnet.create_model` (ignored for a model instance).
+        image_size: training/eval resolution in pixels (default: the model's).
+        lr: peak learning rate (default ``recipe.lr_per_256 * global_batch / 256``); > 0.
+        workers: DataLoader processes decoding images (0: in this process).
+        seed: seeds data order, augmentation, dropout, and the val split.
+        device: ``cpu``/``cuda``; default cuda when available (``cuda:LOCAL_RANK`` under torchrun).
+        amp: bf16 autocast (fp16 with gradient scaling on GPUs without bf16); default on for
+            CUDA, off on CPU.
+        channels_last: NHWC memory format. grad_checkpointing: recompute activations.
+        accumulation_steps: micro-batches per optimizer step.
+        sync_bn: SyncBatchNorm across processes (with ``freeze_bn`` recipes it has no effect).
+        val_split: fraction of a single folder kept for validation, in (0, 1).
+        progress: tqdm bars (rank 0).
+
+    Returns:
+        :class:`FitResult`.
+
+    Raises:
+        TypeError, ValueError: an argument of the wrong type or out of range; fewer than 2
+            classes, class folders without images, train/ and val/ with different classes,
+            no readable image in an epoch; ``resume`` without ``out``.
+        FileExistsError: ``out`` holds a run and neither ``resume`` nor ``overwrite`` is given.
+        FileNotFoundError: ``resume`` without a checkpoint in ``out``, or missing data.
+        CheckpointError: ``out/last.pt`` is truncated, hostile or of another run.
+        NonFiniteLossError: the loss (or the weights) became NaN/infinite; the message gives
+            the epoch and step. Nothing non-finite is written.
+        OSError: a file could not be written (no space...); the previous checkpoint is kept.
+    """
+    _validate_fit_args(epochs, batch_size, image_size, lr, workers, accumulation_steps, val_split, seed)
+    recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    env = _make_env(device, amp)
+    run_dir = Path(out) if out is not None else None
+    ckpt_path = _check_run_dir(run_dir, resume, overwrite)
+
+    torch.manual_seed(seed + env.rank)
+    np.random.seed(seed + env.rank)
+    random.seed(seed + env.rank)
+    state = _build(model, data, recipe, env, batch_size, pretrained, weights, image_size, lr, channels_last,
+                   grad_checkpointing, accumulation_steps, sync_bn, val_split, seed)
     if resume:
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        net.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        if ema is not None and ckpt.get("ema") is not None:
-            ema.load_state_dict(ckpt["ema"])
-        start_epoch, history, best_top1 = ckpt["epoch"] + 1, ckpt["history"], ckpt["best_top1"]
-        skipped_total = ckpt.get("skipped", 0)
-        states = ckpt["rng"]
-        if len(states) == world:
-            _set_rng_state(states[rank])
-        if main:
-            print(f"resumed from {ckpt_path} after epoch {ckpt['epoch'] + 1}", flush=True)
+        _resume(state, ckpt_path, env)
+    if env.main and run_dir is not None:
+        _open_run_dir(run_dir, overwrite)
 
     writer = None
-    if main and run_dir is not None:
+    if env.main and run_dir is not None:
         try:
             from torch.utils.tensorboard import SummaryWriter
             writer = SummaryWriter(str(run_dir / "tb"))
         except ImportError:
             warnings.warn("tensorboard is not installed; metrics go to metrics.csv only")
-
-    for epoch in range(start_epoch, epochs):
-        head_only = epoch < recipe.head_only_epochs
-        _set_phase(net, head_only)
-        _train_mode(net, recipe.freeze_bn)
-        module = (nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-                  if distributed else net)
-        if distributed:
-            sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed,
-                                         drop_last=drop_last)
-            sampler.set_epoch(epoch)
-        else:
-            sampler = RandomSampler(train_set, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
-        loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                            collate_fn=collate_skip, drop_last=drop_last,
-                            generator=torch.Generator().manual_seed(seed * 1000 + epoch + 7919 * rank),
-                            persistent_workers=False, pin_memory=device.type == "cuda")
-        t0 = time.perf_counter()
-        seen = correct = 0
-        loss_sum = 0.0
-        skipped: List[str] = []
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}" + (" (head only)" if head_only else ""),
-                   unit="batch", disable=not (progress and main), dynamic_ncols=True)
-        optimizer.zero_grad(set_to_none=True)
-        micro = 0
-        for x, y, bad in bar:
-            skipped += bad
-            if x is None:
-                continue
-            x = x.to(device, non_blocking=True)
-            y = y.to(device, non_blocking=True)
-            with torch.no_grad():
-                x = augment(x).contiguous(memory_format=memory_format)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                logits = module(x)
-                loss = criterion(logits.float(), y)
-            scaler.scale(loss / accumulation_steps).backward()
-            micro += 1
-            if micro % accumulation_steps == 0:
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-                if ema is not None:
-                    ema.update_parameters(net)
-            n = y.shape[0]
-            seen += n
-            loss_sum += loss.item() * n
-            correct += (logits.argmax(1) == y).sum().item()
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", top1=f"{100 * correct / seen:.1f}",
-                            img_s=f"{seen * world / (time.perf_counter() - t0):.1f}")
-        bar.close()
-        for path in skipped:
-            warnings.warn(f"skipped unreadable training image {path}")
-        seconds = time.perf_counter() - t0
-        stats = torch.tensor([loss_sum, correct, seen, len(skipped)], dtype=torch.float64, device=device)
-        if distributed:
-            dist.all_reduce(stats)
-        loss_sum, correct, seen, n_skipped = stats.tolist()
-        skipped_total += int(n_skipped)
-
-        row: Dict[str, float] = dict(epoch=epoch + 1, lr=max(g["lr"] for g in optimizer.param_groups),
-                                     train_loss=loss_sum / max(seen, 1), train_top1=100 * correct / max(seen, 1),
-                                     images_per_s=seen / seconds, seconds=seconds, skipped=int(n_skipped))
-        eval_model = ema.module if ema is not None else net
-        if main:
-            val_loader = DataLoader(val_set, batch_size=batch_size, num_workers=workers, collate_fn=collate_skip,
-                                    generator=torch.Generator().manual_seed(seed))   # leaves the global RNG alone
-            r = evaluate(eval_model, val_loader, progress=False, device=device)
-            row.update(val_top1=r["top1"], val_top5=r["top5"])
-        rng = _rng_state()     # after everything that draws random numbers this epoch
-        states = [None] * world
-        if distributed:
-            dist.all_gather_object(states, rng)
-        else:
-            states = [rng]
-        history.append(row)
-        if main:
-            print(f"epoch {epoch + 1}/{epochs}: loss {row['train_loss']:.4f}, train top-1 {row['train_top1']:.1f}%, "
-                  f"val top-1 {row['val_top1']:.2f}%, {row['images_per_s']:.1f} images/s, {seconds:.0f} s"
-                  + (f", {int(n_skipped)} unreadable images skipped" if n_skipped else ""), flush=True)
-            if run_dir is not None:
-                if row["val_top1"] > best_top1:
-                    eval_model.save_pretrained(run_dir / "best", class_names=list(classes))
-                best_top1 = max(best_top1, row["val_top1"])
-                _write_metrics(history, run_dir / "metrics.csv")
-                if writer is not None:
-                    for k in ("lr", "train_loss", "train_top1", "val_top1", "val_top5", "images_per_s"):
-                        writer.add_scalar(k, row[k], epoch + 1)
-                    writer.flush()
-                checkpoint = dict(model=net.state_dict(), ema=ema.state_dict() if ema is not None else None,
-                                  optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                                  scaler=scaler.state_dict(), rng=states, epoch=epoch, history=history,
-                                  best_top1=best_top1, skipped=skipped_total, recipe=asdict(recipe),
-                                  classes=list(classes), model_name=net.config.name)
-                atomic_write(ckpt_path, lambda tmp: torch.save(checkpoint, tmp))
+    try:
+        for epoch in range(state.start_epoch, epochs):
+            loader = _loader(state, env, epoch, batch_size, workers, seed)
+            row = _train_epoch(state, env, recipe, epoch, epochs, loader, accumulation_steps, progress, run_dir)
+            if env.main:
+                row.update(_validate(state, env, batch_size, workers, seed))
+            rng = _rng_state()     # after everything that draws random numbers this epoch
+            states: List[Any] = [None] * env.world
+            if env.distributed:
+                dist.all_gather_object(states, rng)
             else:
-                best_top1 = max(best_top1, row["val_top1"])
-        if distributed:
-            dist.barrier()
-    if main and run_dir is not None and history:
-        _plot(history, run_dir / "curves.png")
-    if writer is not None:
-        writer.close()
-    if distributed:
-        best = torch.tensor([best_top1], device=device)
+                states = [rng]
+            state.history.append(row)
+            if env.main:
+                print(f"epoch {epoch + 1}/{epochs}: loss {row['train_loss']:.4f}, train top-1 {row['train_top1']:.1f}%, "
+                      f"val top-1 {row['val_top1']:.2f}%, {row['images_per_s']:.1f} images/s, {row['seconds']:.0f} s"
+                      + (f", {row['skipped']} unreadable images skipped" if row["skipped"] else ""), flush=True)
+                if run_dir is not None:
+                    _save_epoch(state, run_dir, ckpt_path, states, epoch, row, recipe, writer)
+                else:
+                    state.best_top1 = max(state.best_top1, row["val_top1"])
+            if env.distributed:
+                dist.barrier()
+        if env.main and run_dir is not None and state.history:
+            _plot(state.history, run_dir / "curves.png")
+    finally:
+        if writer is not None:
+            writer.close()
+    best_top1 = state.best_top1
+    if env.distributed:
+        best = torch.tensor([best_top1], device=env.device)
         dist.broadcast(best, 0)
         best_top1 = best.item()
-    final = ema.module if ema is not None else net
-    return FitResult(best_top1=best_top1, history=history, run_dir=run_dir, model=final, skipped=skipped_total)
+    return FitResult(best_top1=best_top1, history=state.history, run_dir=run_dir, model=state.eval_model,
+                     skipped=state.skipped)
