@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -107,12 +108,17 @@ def _build_model(args: argparse.Namespace, warn_random: bool = True):
 def _cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
-    from .data import ImageDecodeError, eval_transform, load_image
+    from .data import ImageDecodeError, eval_transform, load_transformed
 
+    from .data import IMAGE_EXTENSIONS
+
+    files = _collect_images(args.inputs)
+    if not files:
+        raise SystemExit(f"error: no images found in {', '.join(args.inputs)}: looked for files ending in "
+                         f"{', '.join(IMAGE_EXTENSIONS)} (folders are searched recursively)")
     model = _build_model(args)
     transform = eval_transform(model.config)
     names = _class_names(model)
-    files = _collect_images(args.inputs)
     from .analysis import INT8_ENGINES, build_engine
     from .deploy import calibration_batches
 
@@ -125,7 +131,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         for f in files[start:start + args.batch_size]:
             try:
-                batch.append(transform(load_image(f)))
+                batch.append(load_transformed(f, transform))
                 paths.append(f)
             except (ImageDecodeError, FileNotFoundError) as e:
                 failed += 1
@@ -156,7 +162,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
               f"({n / t_model:.1f} images/s, {args.engine}, batch {args.batch_size}, "
               f"{torch.get_num_threads()} threads)",
               file=sys.stderr)
-    return 0 if n or not files else 1
+    if not n:
+        print(f"error: none of the {len(files)} images could be read (each is named above)", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -166,17 +175,55 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     model = _build_model(args)
     transform = eval_transform(model.config)
     data = Path(args.data)
+    if not data.exists():
+        raise SystemExit(f"error: --data {data} does not exist; give a folder of <class>/<image> or a CSV "
+                         f"with file,class_index columns")
     if data.is_file():
         dataset = ImageDataset.from_csv(data, transform, root=args.root)
     else:
         dataset = ImageDataset.from_folder(data, transform)
+    _check_labels(dataset, model, data)
     r = evaluate(model, dataset, batch_size=args.batch_size, workers=args.workers, progress=not args.json)
+    if r["images"] == 0:
+        first = dataset.samples[0][0] if dataset.samples else data
+        raise SystemExit(f"error: none of the {len(dataset)} images listed by {data} could be read "
+                         f"({r['skipped']} missing or unreadable, e.g. {first}); check --data and --root")
     if args.json:
         print(json.dumps(r))
     else:
         print(f"top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  over {r['images']} images "
               f"({r['skipped']} skipped), {r['images_per_s']:.1f} images/s")
     return 0
+
+
+def _check_labels(dataset, model, data: Path) -> None:
+    """Make a labelled set's class indices those of ``model``, or refuse it.
+
+    A folder set whose class names the model knows (``model.class_names``) is mapped onto
+    the model's indices; otherwise the sorted folder order is used, as for ImageNet synset
+    folders.
+
+    Raises:
+        SystemExit: a label outside ``0 .. num_classes - 1`` (CSV: the row is named) or a
+            class folder the model does not have.
+    """
+    n = model.num_classes
+    known = list(getattr(model, "class_names", None) or [])
+    if dataset.classes is not None:                       # a folder of <class>/<image>
+        if known:
+            unknown = [c for c in dataset.classes if c not in known]
+            if unknown:
+                raise SystemExit(f"error: class folders {unknown} of {data} are not classes of the model "
+                                 f"({known[:10]}{' ...' if len(known) > 10 else ''})")
+            index = {i: known.index(c) for i, c in enumerate(dataset.classes)}
+            dataset.samples = [(f, index[y]) for f, y in dataset.samples]
+        elif len(dataset.classes) > n:
+            raise SystemExit(f"error: {data} has {len(dataset.classes)} class folders but the model has {n} classes")
+        return
+    for row, (f, y) in enumerate(dataset.samples, start=2):   # row 1 is the header
+        if not 0 <= y < n:
+            raise SystemExit(f"error: {data} row {row}: class_index {y} ({f.name}) is outside the model's "
+                             f"{n} classes (0..{n - 1}); check the labels or the model")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -187,8 +234,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
                                      ema_decay=args.ema_decay).items() if v is not None}
     if changes:
         recipe = recipe.replace(**changes)
+    if args.resume and not args.out:
+        raise SystemExit("error: --resume needs --out, the run folder that holds last.pt")
+    if args.resume and args.overwrite:
+        raise SystemExit("error: give --resume (continue the run in --out) or --overwrite (start it again), not both")
+    if args.model is None:
+        raise SystemExit("error: --model is required (a name from `effnet models`)")
     result = fit(args.model, args.data, epochs=args.epochs, batch_size=args.batch_size, recipe=recipe,
-                 out=args.out, resume=args.resume, pretrained=args.pretrained or False, weights=args.weights,
+                 out=args.out, resume=args.resume, overwrite=args.overwrite, pretrained=args.pretrained or False, weights=args.weights,
                  image_size=args.image_size, lr=args.lr, workers=args.workers, seed=args.seed, device=args.device,
                  amp=args.amp, channels_last=args.channels_last, grad_checkpointing=args.grad_checkpointing,
                  accumulation_steps=args.accum_steps, sync_bn=args.sync_bn, val_split=args.val_split)
@@ -201,22 +254,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    import torch
+    import tempfile
 
     from . import deploy
+    from ._io import make_parent
 
     model = _build_model(args)
     out = Path(args.out)
     size = args.resolution or model.config.preprocess.input_size
+    make_parent(out)
     if args.format == "torchscript":
-        scripted = torch.jit.script(deploy.fold_bn(model))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        scripted.save(str(out))
+        deploy.export_torchscript(model, out)
     elif args.format == "onnx":
         deploy.export_onnx(model, out, input_size=size)
     else:
-        fp32 = deploy.export_onnx(model, out.with_suffix(".fp32.onnx"), input_size=size)
-        deploy.quantize_onnx_int8(fp32, out, deploy.calibration_batches(model, args.calibration, size=size))
+        calibration = deploy.calibration_batches(model, args.calibration, size=size)
+        with tempfile.TemporaryDirectory(prefix="effnet-export-") as d:      # the fp32 step is not kept
+            fp32 = deploy.export_onnx(model, Path(d) / "fp32.onnx", input_size=size)
+            deploy.quantize_onnx_int8(fp32, out, calibration)
     print(f"wrote {out} ({out.stat().st_size / 2 ** 20:.1f} MB, {args.format}, input 1x{model.in_chans}x{size}x{size})")
     return 0
 
@@ -233,7 +288,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     calibration = (calibration_batches(model, args.calibration, size=args.resolution)
                    if set(engines) & set(INT8_ENGINES) else None)
-    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    try:
+        sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise SystemExit(f"error: --batch-sizes must be a comma list of integers >= 1, got {args.batch_sizes!r}")
     extra = {}
     if args.compare:
         from .analysis import reference_models
@@ -252,6 +312,38 @@ def _cmd_bench(args: argparse.Namespace) -> int:
           f"in {args.rounds} rounds")
     print(format_table(rows))
     return 0
+
+
+def _count(minimum: int):
+    """argparse type: an integer >= ``minimum`` (0 is never "default")."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    parse.__name__ = "integer"
+    return parse
+
+
+def _real(low: float, high: Optional[float] = None):
+    """argparse type: a finite number in the open interval (``low``, ``high``)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or value <= low or (high is not None and value >= high):
+            raise argparse.ArgumentTypeError(f"must be in ({low:g}, {'inf' if high is None else f'{high:g}'}), "
+                                             f"got {text}")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+POSITIVE, NON_NEGATIVE = _count(1), _count(0)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -279,8 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="top-k classes of images or folders of images")
     p.add_argument("inputs", nargs="+", help="image files or folders (searched recursively)")
     _add_model_args(p)
-    p.add_argument("--topk", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--topk", type=POSITIVE, default=5)
+    p.add_argument("--batch-size", type=POSITIVE, default=32)
     p.add_argument("--json", action="store_true", help="print results as JSON")
     p.add_argument("--engine", default="eager",
                    help="eager, channels_last, compile, onnx, openvino, onnx-int8 or openvino-int8; "
@@ -293,33 +385,34 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--data", required=True, help="folder of <class>/<image>, or a CSV with file,class_index")
     p.add_argument("--root", default=None, help="folder the CSV's file names are relative to")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes decoding images")
+    p.add_argument("--batch-size", type=POSITIVE, default=32)
+    p.add_argument("--workers", type=NON_NEGATIVE, default=2, help="DataLoader worker processes decoding images")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("train", help="train or fine-tune on an image folder (torchrun for several processes)")
     _add_model_args(p)
     p.add_argument("--data", required=True, help="folder with train/ and val/ class subfolders, or one folder to split")
-    p.add_argument("--epochs", type=int, required=True)
-    p.add_argument("--batch-size", type=int, default=32, help="images per step per process")
+    p.add_argument("--epochs", type=POSITIVE, required=True)
+    p.add_argument("--batch-size", type=POSITIVE, default=32, help="images per step per process")
     p.add_argument("--recipe", default="paper", help="paper or finetune")
     p.add_argument("--out", default=None, help="run folder: last.pt, best/, metrics.csv, tb/, curves.png")
     p.add_argument("--resume", action="store_true", help="continue exactly from OUT/last.pt")
-    p.add_argument("--image-size", type=int, default=None, help="resolution in pixels (default: the model's)")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: recipe per 256 images)")
-    p.add_argument("--head-only-epochs", type=int, default=None)
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in OUT (else it is refused)")
+    p.add_argument("--image-size", type=POSITIVE, default=None, help="resolution in pixels (default: the model's)")
+    p.add_argument("--lr", type=_real(0.0), default=None, help="peak learning rate (default: recipe per 256 images)")
+    p.add_argument("--head-only-epochs", type=NON_NEGATIVE, default=None)
     p.add_argument("--augment", default=None, help="autoaugment, randaugment or none")
-    p.add_argument("--ema-decay", type=float, default=None)
-    p.add_argument("--val-split", type=float, default=0.2, help="val fraction when DATA has no val/ folder")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ema-decay", type=_real(0.0, 1.0), default=None)
+    p.add_argument("--val-split", type=_real(0.0, 1.0), default=0.2, help="val fraction when DATA has no val/ folder")
+    p.add_argument("--workers", type=NON_NEGATIVE, default=2)
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (fp16 + gradient scaling on GPUs without bf16); default: on for CUDA")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--grad-checkpointing", action="store_true")
-    p.add_argument("--accum-steps", type=int, default=1, help="gradient accumulation micro-batches")
+    p.add_argument("--accum-steps", type=POSITIVE, default=1, help="gradient accumulation micro-batches")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes")
     p.set_defaults(func=_cmd_train)
 
@@ -327,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--format", choices=["onnx", "onnx-int8", "torchscript"], default="onnx")
     p.add_argument("--out", required=True)
-    p.add_argument("--resolution", type=int, default=None, help="input side in pixels (default: the model's)")
+    p.add_argument("--resolution", type=POSITIVE, default=None, help="input side in pixels (default: the model's)")
     p.add_argument("--calibration", default=None, help="image folder for INT8 calibration (default: ImageNet samples)")
     p.set_defaults(func=_cmd_export)
 
@@ -336,11 +429,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engines", default="eager,channels_last,onnx",
                    help="comma list of eager, channels_last, compile, onnx, openvino, onnx-int8, openvino-int8")
     p.add_argument("--batch-sizes", default="1,32")
-    p.add_argument("--resolution", type=int, default=None)
-    p.add_argument("--iters", type=int, default=10)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--resolution", type=POSITIVE, default=None)
+    p.add_argument("--iters", type=POSITIVE, default=10)
+    p.add_argument("--threads", type=POSITIVE, default=None)
     p.add_argument("--calibration", default=None, help="image folder for INT8 calibration (default: ImageNet samples)")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds over all engines")
+    p.add_argument("--rounds", type=POSITIVE, default=3, help="interleaved timing rounds over all engines")
     p.add_argument("--compare", action="store_true",
                    help="add the timm, torchvision and EfficientNet-PyTorch models (eager) where importable")
     p.set_defaults(func=_cmd_bench)
@@ -355,7 +448,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyError as e:  # unknown model names carry their suggestion in the message
         print(f"error: {e.args[0]}", file=sys.stderr)
         return 2
-    except (OSError, ValueError, RuntimeError, ImportError) as e:   # bad files, downloads, weights, extras
+    except (OSError, ValueError, RuntimeError, ImportError, TypeError, FloatingPointError) as e:
+        # bad files, downloads, weights, extras, arguments, a diverging run: one line, exit 1
         print(f"error: {e}", file=sys.stderr)
         return 1
 

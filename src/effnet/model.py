@@ -166,9 +166,26 @@ class EfficientNet(nn.Module):
 
     # ---- forward --------------------------------------------------------------------------
     def _check_input(self, x: torch.Tensor) -> None:
+        """Refuse what would otherwise fail deep inside (or silently compute garbage).
+
+        Raises:
+            ValueError: not (N, in_chans, H, W), or an empty batch/side (0 pixels).
+            TypeError: integer pixels (uint8 images: preprocess first), or a float dtype
+                other than the weights' outside autocast (float64 input: call ``.float()``).
+        """
         if x.dim() != 4 or x.shape[1] != self.in_chans:
             raise ValueError(f"expected input of shape (N, {self.in_chans}, H, W), got {list(x.shape)}; "
                              f"the model was built with in_chans={self.in_chans}")
+        if x.shape[0] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
+            raise ValueError(f"input {list(x.shape)} is empty (0 images or 0 pixels); give at least one image "
+                             f"of at least 1x1 pixels")
+        if not x.is_floating_point():
+            raise TypeError(f"input dtype {x.dtype} is not floating point; preprocess images with "
+                            f"effnet.data.eval_transform(model.config) (or x.float() and normalise)")
+        w = self.stem.conv.weight
+        if x.dtype != w.dtype and not torch.is_autocast_enabled():
+            raise TypeError(f"input dtype {x.dtype} does not match the model's weights ({w.dtype}); "
+                            f"convert the input with x.to({w.dtype}) (x.float() for float32)")
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Stem, stages and head: (N, in_chans, H, W) -> (N, num_features, ceil(H/32), ceil(W/32))."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from ._validate import check_float, check_int
 from .specs import EFFICIENTNET_B0, BlockType, NetworkSpec
 
 __all__ = [
@@ -57,12 +58,11 @@ class Scaling:
     dropout: float
 
     def __post_init__(self) -> None:
-        if self.width <= 0 or self.depth <= 0:
-            raise ValueError(f"width and depth must be > 0, got {self.width}, {self.depth}")
-        if self.resolution < 1:
-            raise ValueError(f"resolution must be >= 1 pixel, got {self.resolution}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        """Raises TypeError (not a number) or ValueError (NaN, infinite, out of range), naming the field."""
+        check_float("Scaling.width", self.width, 0.0, low_open=True)
+        check_float("Scaling.depth", self.depth, 0.0, low_open=True)
+        check_int("Scaling.resolution", self.resolution, 1)
+        check_float("Scaling.dropout", self.dropout, 0.0, 1.0, high_open=True)
 
 
 # (width, depth, resolution, dropout) from the official code:
@@ -147,10 +147,23 @@ def compound(phi: float, alpha: float = PAPER_ALPHA, beta: float = PAPER_BETA,
         ``Scaling(width=beta**phi, depth=alpha**phi, resolution=round(base_resolution * gamma**phi))``.
 
     Raises:
-        ValueError: if a base is not positive.
+        TypeError: a non-numeric argument.
+        ValueError: ``phi`` NaN or infinite, a base not positive, or a ``phi`` so large the
+            multipliers overflow or vanish.
     """
-    if min(alpha, beta, gamma) <= 0:
-        raise ValueError(f"alpha, beta, gamma must be > 0, got {alpha}, {beta}, {gamma}")
+    phi = check_float("phi", phi)
+    alpha = check_float("alpha", alpha, 0.0, low_open=True)
+    beta = check_float("beta", beta, 0.0, low_open=True)
+    gamma = check_float("gamma", gamma, 0.0, low_open=True)
+    base_resolution = check_int("base_resolution", base_resolution, 1)
+    for name, base in (("depth alpha**phi", alpha), ("width beta**phi", beta), ("resolution gamma**phi", gamma)):
+        try:
+            value = base ** phi
+        except OverflowError:
+            value = math.inf
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"compound(phi={phi:g}): {name} = {value:g} is not a usable positive finite "
+                             f"multiplier; use a smaller |phi|")
     return Scaling(
         width=beta ** phi,
         depth=alpha ** phi,
