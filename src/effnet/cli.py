@@ -72,14 +72,12 @@ def _collect_images(inputs: Sequence[str]) -> list[Path]:
 
 def _class_names(model) -> list[str]:
     """The model's own class names, ImageNet's for a 1000-class model, else class_<i>."""
-    from .data import data_dir
+    from .data import imagenet_class_names
 
     if getattr(model, "class_names", None):
         return list(model.class_names)
-    labels = data_dir() / "imagenet-samples" / "meta" / "labels_map.txt"
-    if model.num_classes == 1000 and labels.is_file():
-        mapping = json.loads(labels.read_text())
-        return [mapping[str(i)] for i in range(1000)]
+    if model.num_classes == 1000:
+        return imagenet_class_names()
     return [f"class_{i}" for i in range(model.num_classes)]
 
 
@@ -155,8 +153,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         print(json.dumps(results, indent=1))
     else:
         for r in results:
-            tops = ", ".join(f"{t['name']} {t['prob']:.3f}" for t in r["top"])
-            print(f"{r['file']}: {tops}")
+            if len(r["top"]) == 1:
+                print(f"{r['file']}: {r['top'][0]['name']} {r['top'][0]['prob']:.3f}")
+            else:                       # top-k: one line per class, probability first
+                print(r["file"])
+                for t in r["top"]:
+                    print(f"  {t['prob']:6.3f}  {t['name']}")
     n = len(results)
     if n:
         print(f"{n} images ({failed} skipped): decode+preprocess {t_decode:.2f} s, model {t_model:.2f} s "

@@ -54,6 +54,7 @@ __all__ = [
     "eval_transform",
     "ImageDataset",
     "collate_skip",
+    "imagenet_class_names",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -577,3 +578,19 @@ def collate_skip(batch):
     if not good:
         return None, torch.empty(0, dtype=torch.long), skipped
     return torch.stack([b[0] for b in good]), torch.tensor([b[1] for b in good]), skipped
+
+
+def imagenet_class_names() -> List[str]:
+    """The 1000 ImageNet-1k class names, by class index (the standard sorted-synset order of
+    timm and torchvision: 0 = "tench, Tinca tinca", 309 = "bee", 310 = "ant, emmet, pismire").
+
+    Source: EfficientNet-PyTorch's ``examples/simple/labels_map.txt`` (Apache-2.0), which
+    agrees name for name with timm's ``imagenet_synset_to_lemma.txt``; shipped with effnet
+    as ``effnet/imagenet_classes.txt``, one name per line.
+    """
+    from importlib import resources
+
+    text = resources.files("effnet").joinpath("imagenet_classes.txt").read_text(encoding="utf-8")
+    names = text.splitlines()
+    assert len(names) == 1000, "effnet/imagenet_classes.txt must hold 1000 lines"
+    return names
