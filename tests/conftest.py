@@ -33,3 +33,18 @@ def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
             m.weight.data.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
             m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
     return model
+
+
+@pytest.fixture()
+def tiny_fs(tmp_path):
+    """A folder on its own 256 KiB tmpfs, so that writes really fail with ENOSPC (root mounts
+    it, as in CI); skipped where the test cannot mount a file system."""
+    import subprocess
+
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (not root); the monkeypatched ENOSPC tests cover the writer")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=True)

@@ -15,6 +15,8 @@ import torch
 import effnet
 from effnet._io import WriteError, atomic_write, clean_stale_temporaries, make_parent
 from effnet.cli import main
+from effnet.data import ImageDataset, eval_transform
+from effnet.evaluation import evaluate
 from effnet.scaling import Scaling, compound
 
 EFFNET = [sys.executable, "-m", "effnet.cli"]
@@ -238,6 +240,8 @@ def test_clean_stale_temporaries_removes_only_ours(tmp_path):
     theirs = [tmp_path / "notes.tmp", tmp_path / ".hidden", tmp_path / "last.pt"]
     for f in ours + theirs:
         f.write_text("x")
+    theirs.append(tmp_path / ".my.notes.tmp")                  # a user's dotfile, not an effnet output
+    theirs[-1].write_text("x")
     assert sorted(clean_stale_temporaries(tmp_path)) == sorted(ours)
     assert all(f.exists() for f in theirs)
 
@@ -263,3 +267,70 @@ def test_onnx_int8_export_keeps_no_intermediate_file(tmp_path, data):
         os.umask(old)
     assert [p.name for p in out.parent.iterdir()] == ["m-int8.onnx"]
     assert out.stat().st_mode & 0o777 == 0o644
+
+
+# ---- review findings: CSV bytes, skip reasons, flags, signals, devices ---------------------------
+
+def test_a_csv_that_is_not_text_is_named(tmp_path):
+    png = tmp_path / "labels.csv"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    with pytest.raises(ValueError, match=r"labels\.csv is not a UTF-8 text file"):
+        ImageDataset.from_csv(png, eval_transform(effnet.get_config("efficientnet_b0")))
+    huge = tmp_path / "huge.csv"
+    huge.write_text("file,class_index\n" + "x" * 200_000 + ",1\n")
+    with pytest.raises(ValueError, match=r"huge\.csv is not a readable CSV"):
+        ImageDataset.from_csv(huge, eval_transform(effnet.get_config("efficientnet_b0")))
+
+
+def test_evaluate_says_why_each_image_was_skipped(tmp_path, saved_model, data):
+    photo = next((data / "finetune" / "hymenoptera_data" / "val" / "ants").iterdir())
+    (tmp_path / "ants").mkdir()
+    shutil.copy(photo, tmp_path / "ants" / "ok.jpg")
+    (tmp_path / "ants" / "cut.jpg").write_bytes(photo.read_bytes()[:300])
+    model = effnet.from_pretrained(saved_model)
+    ds = ImageDataset.from_folder(tmp_path, eval_transform(model.config))
+    with pytest.warns(UserWarning, match=r"skipped: cannot decode image .*cut\.jpg: .*truncated"):
+        r = evaluate(model, ds, workers=0, progress=False)
+    assert (r["images"], r["skipped"]) == (1, 1)
+
+
+def test_weights_and_pretrained_together_are_refused():
+    assert "not both" in _exit_message(["predict", "x.jpg", "--model", "tf_efficientnet_lite0", "--pretrained",
+                                        "--weights", "w.pth"])
+
+
+@pytest.mark.parametrize("device, needle", [("bogus", "is not a device"), ("cuda", "no CUDA GPU is available")])
+def test_train_device_is_checked(device, needle, data):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    from effnet.train import fit
+
+    with pytest.raises(ValueError, match=needle):
+        fit("efficientnet_b0", data / "finetune" / "hymenoptera_data", epochs=1, device=device, progress=False)
+
+
+def test_sigterm_during_export_leaves_no_temporary(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "exp" / "m.onnx"
+    proc = subprocess.Popen(EFFNET + ["export", "--model", "efficientnet_b0", "--format", "onnx", "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not (out.parent.exists() and any(out.parent.iterdir())):
+        time.sleep(0.05)
+    assert proc.poll() is None, "export finished before it could be interrupted"
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert list(out.parent.iterdir()) == []                # the temporary file went with the command
+
+
+def test_train_out_under_a_file_fails_before_any_work(tmp_path, data):
+    (tmp_path / "afile").write_text("x")
+    from effnet.train import fit
+
+    with pytest.raises(OSError, match=r"afile is a file, not a folder; choose another --out") as e:
+        fit("efficientnet_b0", data / "finetune" / "hymenoptera_data", epochs=1, out=tmp_path / "afile" / "run",
+            progress=False)
+    assert "Errno" not in str(e.value)

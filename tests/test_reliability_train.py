@@ -73,9 +73,11 @@ def test_resume_never_runs_a_pickle_hidden_in_last_pt(finished_run, tiny_set, tm
     ckpt = torch.load(finished_run / "last.pt", weights_only=True)
     ckpt["payload"] = _Marker(marker)
     torch.save(ckpt, finished_run / "last.pt")
-    with pytest.raises(CheckpointError, match=r"cannot resume from .*last\.pt.*best weights so far are in"):
+    with pytest.raises(CheckpointError, match=r"cannot resume from .*last\.pt: it holds objects other than "
+                                              r"tensors.*best weights so far are in") as e:
         fit("efficientnet_b0", tiny_set, epochs=2, out=finished_run, resume=True, **FAST)
     assert not marker.exists()
+    assert "weights_only" not in str(e.value)          # never advice to load it unsafely
 
 
 def test_checkpoint_is_plain_tensors_and_resume_works(finished_run, tiny_set):

@@ -4,6 +4,7 @@ Each case builds its bad input on the fly: a 127.0.0.1 HTTP server (stopped by i
 handle) for downloads, files cut or edited in tmp_path, and bad arguments.
 """
 
+import errno
 import gzip
 import http.server
 import io
@@ -537,3 +538,67 @@ def test_lite_archives_have_no_invented_hash():
     for v in ("lite0", "lite4"):
         src = effnet.registry.get_weight_source(f"tf_efficientnet_{v}", "tflite")
         assert src.sha256 is None and src.tf_trained and hub.hash_prefix_from_name(src.url) is None
+
+
+# ---- writes of the weights layer: full disk, permissions, folders (review findings) ------------
+
+def test_save_pretrained_on_a_full_disk_is_one_oserror(tiny_fs):
+    model = effnet.create_model("efficientnet_b0", num_classes=3)          # 16 MB of safetensors
+    with pytest.raises(OSError, match=r"no space left on device while writing .*model\.safetensors") as e:
+        model.save_pretrained(tiny_fs / "best")
+    assert e.value.errno == errno.ENOSPC and "\n" not in str(e.value)
+    assert [p.name for p in (tiny_fs / "best").iterdir()] == []            # no temporary left
+
+
+def test_download_onto_a_full_disk_names_the_destination(server, tiny_fs, monkeypatch):
+    url, routes, _ = server
+    routes["/big/model.safetensors"] = (small_safetensors(n=200_000), "application/octet-stream", True, None)
+    monkeypatch.setenv("EFFNET_HOME", str(tiny_fs / "home"))
+    with pytest.raises(OSError, match=r"no space left on device while writing .*model\.safetensors") as e:
+        fetch(f"{url}/big/model.safetensors", progress=False)
+    assert e.value.errno == errno.ENOSPC
+    assert not [p for p in (tiny_fs / "home").rglob("*") if p.is_file()]    # nothing half-written kept
+
+
+def test_downloads_get_the_usual_permissions(server, cache):
+    url, routes, _ = server
+    routes["/p/model.safetensors"] = (small_safetensors(), "application/octet-stream", True, None)
+    old = os.umask(0o022)
+    try:
+        path = fetch(f"{url}/p/model.safetensors", progress=False)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_save_pretrained_onto_a_file_or_under_one(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    model = effnet.create_model("efficientnet_lite0", num_classes=2)
+    for target, needle in ((tmp_path / "afile", "afile: it is a file, not a folder"),
+                           (tmp_path / "afile" / "sub", "afile is a file, not a folder")):
+        with pytest.raises(OSError, match=needle) as e:
+            model.save_pretrained(target)
+        assert "Errno" not in str(e.value)
+
+
+def test_a_weight_file_keeps_its_head_unless_asked_otherwise(tmp_path):
+    trained = effnet.create_model("efficientnet_lite0", num_classes=5)
+    torch.save(trained.state_dict(), tmp_path / "five.pth")
+    model = effnet.create_model("efficientnet_lite0", weights=tmp_path / "five.pth")
+    assert model.num_classes == 5 and torch.equal(model.classifier.weight, trained.classifier.weight)
+    assert effnet.create_model("efficientnet_lite0", weights=tmp_path / "five.pth", num_classes=10).num_classes == 10
+
+
+def test_model_constructor_refuses_what_create_model_refuses():
+    from effnet.model import EfficientNet
+
+    net = effnet.get_config("efficientnet_b0").network
+    for kwargs, needle in ((dict(norm_momentum=5), r"norm_momentum must be in \(0, 1\]"),
+                           (dict(norm_eps=0.0), r"norm_eps must be in \(0, inf\)"),
+                           (dict(num_classes=2.5), "num_classes must be an integer")):
+        with pytest.raises((TypeError, ValueError), match=needle):
+            EfficientNet(net, **kwargs)
+    with pytest.raises(TypeError, match="num_classes must be an integer"):
+        effnet.create_model("efficientnet_b0").reset_classifier(2.5)
+    with pytest.raises(ValueError, match=r"stages \[99\] are not stage indices"):
+        effnet.create_model("efficientnet_b0").set_grad_checkpointing(True, stages=[99])

@@ -87,7 +87,8 @@ def test_graph_input_function_is_kept(tflite_path):
     q = np.frombuffer(m.Buffers(t.Buffer()).DataAsNumpy().tobytes(), np.int8).reshape(t.ShapeAsNumpy())
     w = q.astype(np.float64) * t.Quantization().ScaleAsNumpy().reshape(-1, 1, 1, 1)
     np.testing.assert_allclose(model.stem.conv.weight.detach().numpy(), 128 * w.transpose(0, 3, 1, 2), rtol=1e-6)
-    assert model.num_classes == 1000       # the 3-class head of the file is not forced on the model
+    assert model.num_classes == 3          # not given: the file's own 3-class head, never a random one
+    assert effnet.create_model("efficientnet_lite0", weights=tflite_path, num_classes=1000).num_classes == 1000
 
 
 @pytest.mark.filterwarnings("ignore:Warning. Enabling .experimental_preserve_all_tensors")

@@ -184,7 +184,7 @@ def test_torchrun_two_processes_one_epoch(data, tmp_path):
     print("torchrun 2x CPU, 1 epoch: val top-1", rows[0]["val_top1"])
 
 
-@pytest.mark.filterwarnings("ignore:skipped unreadable training image")
+@pytest.mark.filterwarnings("ignore:skipped training image")
 def test_amp_channels_last_checkpointing_and_accumulation(small_set):
     r = fit("efficientnet_b0", small_set, epochs=1, batch_size=4, image_size=64, recipe="paper", workers=0,
             progress=False, amp=True, channels_last=True, grad_checkpointing=True, accumulation_steps=2)

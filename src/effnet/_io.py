@@ -16,11 +16,15 @@ import time
 from pathlib import Path
 from typing import Callable, Union
 
-__all__ = ["atomic_write", "make_parent", "WriteError", "clean_stale_temporaries", "TMP_MARK"]
+__all__ = ["atomic_write", "make_parent", "WriteError", "clean_stale_temporaries", "TMP_MARK", "current_umask",
+           "explain_write_error"]
 
 # Every temporary file atomic_write makes has this in its name, so that leftovers of a killed
 # process can be recognised (and removed) without touching anything else in the folder.
 TMP_MARK = ".effnet-tmp"
+
+# The outputs effnet 0.1's atomic writer named ``.<name>.<random>.tmp`` while writing them.
+LEGACY_OUTPUTS = ("last.pt", "metrics.csv", "model.safetensors", "config.json")
 
 _umask_lock = threading.Lock()
 
@@ -32,8 +36,12 @@ class WriteError(OSError):
     the destination, the cause and that the previous file (if any) is kept.
     """
 
+    def __str__(self) -> str:          # the message alone, not "[Errno 28] ...: 'path'"
+        return str(self.strerror)
 
-def _umask() -> int:
+
+def current_umask() -> int:
+    """The process's umask (read by setting it and back, under a lock)."""
     with _umask_lock:          # os.umask can only be read by setting it
         mask = os.umask(0o022)
         os.umask(mask)
@@ -74,7 +82,8 @@ def make_parent(path: Union[str, os.PathLike]) -> Path:
     return path
 
 
-def _explain(path: Path, e: BaseException) -> WriteError:
+def explain_write_error(path: Path, e: BaseException) -> WriteError:
+    """The :class:`WriteError` for a failed write of ``path`` (ENOSPC, EROFS, EACCES... named)."""
     code = getattr(e, "errno", None)
     text = str(e)
     if code == errno.ENOSPC or "No space left" in text or "enforce fail" in text and "write" in text:
@@ -120,7 +129,7 @@ def atomic_write(path: Union[str, os.PathLike], content: Union[bytes, Callable[[
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_MARK + suffix)
     except OSError as e:
-        raise _explain(path, e) from e
+        raise explain_write_error(path, e) from e
     try:
         try:
             if isinstance(content, (bytes, bytearray, memoryview)):
@@ -133,13 +142,15 @@ def atomic_write(path: Union[str, os.PathLike], content: Union[bytes, Callable[[
                 os.close(fd)
                 fd = -1
                 content(tmp)
-            os.chmod(tmp, 0o666 & ~_umask())
+            os.chmod(tmp, 0o666 & ~current_umask())
             os.replace(tmp, path)
         except OSError as e:
-            raise _explain(path, e) from e
-        except RuntimeError as e:       # torch's C++ writers: "enforce fail ... file write failed"
-            if "write" in str(e).lower():
-                raise _explain(path, e) from e
+            raise explain_write_error(path, e) from e
+        except Exception as e:          # C++/Rust writers (torch, safetensors) raise their own types
+            text = str(e)
+            if any(m in text for m in ("No space left", "os error 28", "I/O error", "Read-only file system")) or \
+                    (isinstance(e, RuntimeError) and "write" in text.lower()):
+                raise explain_write_error(path, e) from e
             raise
     finally:
         if fd >= 0:
@@ -152,7 +163,8 @@ def clean_stale_temporaries(folder: Union[str, os.PathLike], min_age_s: float = 
     """Remove the temporary files that a killed :func:`atomic_write` left in ``folder``.
 
     Only files named by :func:`atomic_write` (``.<name>.<random><TMP_MARK>...``) and the
-    ``.<name>.<random>.tmp`` files of effnet 0.1 are removed, never anything else.
+    ``.<name>.<random>.tmp`` files that effnet 0.1 wrote for its own outputs
+    (:data:`LEGACY_OUTPUTS`) are removed, never anything else.
 
     Args:
         folder: the folder to clean (not recursive); a missing folder is fine.
@@ -168,7 +180,8 @@ def clean_stale_temporaries(folder: Union[str, os.PathLike], min_age_s: float = 
     now = time.time()
     for f in folder.iterdir():
         name = f.name
-        ours = name.startswith(".") and (TMP_MARK in name or (name.endswith(".tmp") and name.count(".") >= 3))
+        legacy = name.endswith(".tmp") and any(name.startswith(f".{out}.") for out in LEGACY_OUTPUTS)
+        ours = name.startswith(".") and (TMP_MARK in name or legacy)
         if not ours or not f.is_file():
             continue
         try:

@@ -90,6 +90,8 @@ def _build_model(args: argparse.Namespace, warn_random: bool = True):
     from .registry import create_model, from_pretrained
     from .weights import CONFIG_NAME
 
+    if args.weights and args.pretrained:
+        raise SystemExit("error: give --weights (a file or folder) or --pretrained (the registered weights), not both")
     if args.weights and Path(args.weights).is_dir() and (Path(args.weights) / CONFIG_NAME).is_file():
         return from_pretrained(args.weights)
     if args.model is None:
@@ -443,9 +445,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_on_sigterm() -> None:
+    """Turn SIGTERM (kill, a scheduler's stop) into SystemExit, so that ``finally`` blocks and
+    temporary-folder finalizers run and no temporary file outlives the command."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, stop)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``effnet`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
+    _exit_on_sigterm()
     try:
         return args.func(args)
     except KeyError as e:  # unknown model names carry their suggestion in the message

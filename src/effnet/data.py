@@ -94,10 +94,11 @@ _FIX = "re-export it as an 8-bit RGB JPEG or PNG, or remove it"
 
 #: The Pillow formats :func:`load_image` opens (Pillow format ids; JPEG includes the MPO
 #: files of cameras): the raster formats of :data:`IMAGE_EXTENSIONS` plus AVIF, JPEG 2000,
-#: TGA and ICO, where the installed Pillow has them. Others Pillow knows are refused: EPS
-#: would run Ghostscript on the file, and scientific or game formats (FITS, DDS, ...) are
+#: and TGA, where the installed Pillow has them. Others Pillow knows are refused: EPS
+#: would run Ghostscript on the file, ICO decodes an embedded PNG inside ``Image.open``,
+#: before the size cap is checked, and scientific or game formats (FITS, DDS, ...) are
 #: not photos.
-IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "DIB", "TIFF", "WEBP", "PPM", "AVIF", "JPEG2000", "TGA", "ICO")
+IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "DIB", "TIFF", "WEBP", "PPM", "AVIF", "JPEG2000", "TGA")
 
 _open_formats: Optional[Tuple[str, ...]] = None
 
@@ -489,7 +490,8 @@ class ImageDataset(torch.utils.data.Dataset):
             with :func:`load_transformed`.
         classes: class names by index, when known.
 
-    Items: ``(tensor (3, H, W) float32 or None, label int, path str)``.
+    Items: ``(tensor (3, H, W) float32, label int, path str)``, or for an unreadable file
+    ``(None, label, reason str)``, the reason naming the file and what is wrong.
     """
 
     def __init__(self, samples: List[Tuple[Path, int]], transform: Callable[[Image.Image], torch.Tensor],
@@ -505,8 +507,8 @@ class ImageDataset(torch.utils.data.Dataset):
         path, label = self.samples[i]
         try:
             return load_transformed(path, self.transform), label, str(path)
-        except (ImageDecodeError, FileNotFoundError):
-            return None, label, str(path)
+        except (ImageDecodeError, FileNotFoundError) as e:
+            return None, label, str(e)          # the reason names the file
 
     @classmethod
     def from_folder(cls, root: Union[str, os.PathLike], transform: Callable, classes: Optional[List[str]] = None
@@ -535,12 +537,23 @@ class ImageDataset(torch.utils.data.Dataset):
         ``root/images``.
 
         Raises:
-            ValueError: the CSV lacks those columns, or a row has no file name or a
-                ``class_index`` that is not a non-negative integer; the message names the
-                CSV and the row (1-based line number, the header is row 1).
+            ValueError: not UTF-8 text or not a CSV, the CSV lacks those columns, or a row
+                has no file name or a ``class_index`` that is not a non-negative integer; the
+                message names the CSV and the row (1-based line number, the header is row 1).
         """
         csv_path = Path(csv_path)
         base = Path(root) if root is not None else csv_path.parent
+        try:
+            return cls._read_csv(csv_path, base, transform)
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{csv_path} is not a UTF-8 text file (byte {e.start}: {e.reason}); expected a CSV "
+                             f"with a file,class_index header") from None
+        except csv.Error as e:
+            raise ValueError(f"{csv_path} is not a readable CSV ({e}); expected a CSV with a file,class_index "
+                             f"header") from None
+
+    @classmethod
+    def _read_csv(cls, csv_path: Path, base: Path, transform: Callable) -> "ImageDataset":
         samples = []
         with open(csv_path, newline="", encoding="utf-8-sig") as f:   # -sig: a BOM from Excel
             reader = csv.DictReader(f)
@@ -571,7 +584,8 @@ def collate_skip(batch):
     """Collate ``ImageDataset`` items, dropping unreadable ones.
 
     Returns:
-        ``(images (N, 3, H, W) or None, labels (N,) int64, skipped paths list)``.
+        ``(images (N, 3, H, W) or None, labels (N,) int64, skipped list)``: one reason per
+        dropped item, each naming its file (``cannot decode image PATH: ...``).
     """
     good = [b for b in batch if b[0] is not None]
     skipped = [b[2] for b in batch if b[0] is None]

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ._io import atomic_write, make_parent
+from ._validate import check_int
 from .layers import ConvNormAct
 
 __all__ = ["fold_bn", "export_onnx", "onnx_session", "OnnxModel", "OpenVinoModel", "run_in_micro_batches",
@@ -305,6 +306,10 @@ def calibration_batches(model: nn.Module, images: Union[str, os.PathLike, Sequen
         ValueError: no images found, or none of them could be decoded (the message names
             the first file and why).
     """
+    check_int("n", n, 1)
+    check_int("batch", batch, 1)
+    if size is not None:
+        check_int("size", size, 1)
     import dataclasses
 
     from .data import IMAGE_EXTENSIONS, ImageDecodeError, data_dir, eval_transform, load_transformed

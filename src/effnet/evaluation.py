@@ -56,8 +56,8 @@ def evaluate(model: nn.Module, data: Union[ImageDataset, DataLoader], batch_size
             bar.set_postfix(top1=f"{100 * correct1 / seen:.2f}", img_s=f"{seen / elapsed:.1f}")
     finally:
         model.train(was_training)
-    for path in skipped:
-        warnings.warn(f"skipped unreadable image {path}")
+    for reason in skipped:
+        warnings.warn(f"skipped: {reason}")
     seconds = time.perf_counter() - start
     return dict(top1=100.0 * correct1 / max(seen, 1), top5=100.0 * correct5 / max(seen, 1), images=seen,
                 skipped=len(skipped), images_per_s=seen / seconds if seconds > 0 else 0.0, seconds=seconds)

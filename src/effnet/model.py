@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ._validate import check_float, check_int
 from .blocks import create_block
 from .layers import ConvNormAct
 from .specs import NetworkSpec
@@ -54,12 +55,13 @@ class EfficientNet(nn.Module):
                  drop_rate: float = 0.2, drop_path_rate: float = 0.2, padding: str = "symmetric",
                  norm_eps: float = 1e-3, norm_momentum: float = 0.01) -> None:
         super().__init__()
-        if in_chans < 1:
-            raise ValueError(f"in_chans must be >= 1, got {in_chans}")
-        if num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
-        if not 0.0 <= drop_rate < 1.0 or not 0.0 <= drop_path_rate < 1.0:
-            raise ValueError(f"drop_rate and drop_path_rate must be in [0, 1), got {drop_rate}, {drop_path_rate}")
+        in_chans = check_int("in_chans", in_chans, 1)
+        num_classes = check_int("num_classes", num_classes, 0)
+        drop_rate = check_float("drop_rate", drop_rate, 0.0, 1.0, high_open=True)
+        drop_path_rate = check_float("drop_path_rate", drop_path_rate, 0.0, 1.0, high_open=True)
+        # PyTorch's convention (1 - TF's decay): above 1 the running statistics diverge.
+        norm_momentum = check_float("norm_momentum", norm_momentum, 0.0, 1.0, low_open=True)
+        norm_eps = check_float("norm_eps", norm_eps, 0.0, low_open=True)
         norm = dict(padding=padding, norm_eps=norm_eps, norm_momentum=norm_momentum)
         self.in_chans = in_chans
         self.num_classes = num_classes
@@ -124,9 +126,12 @@ class EfficientNet(nn.Module):
 
     # ---- configuration --------------------------------------------------------------------
     def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier with a freshly initialised one of ``num_classes`` outputs (0 = none)."""
-        if num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+        """Replace the classifier with a freshly initialised one of ``num_classes`` outputs (0 = none).
+
+        Raises:
+            TypeError, ValueError: ``num_classes`` not an integer >= 0.
+        """
+        num_classes = check_int("num_classes", num_classes, 0)
         self.num_classes = num_classes
         if num_classes > 0:
             ref = next(self.head.parameters())
@@ -148,11 +153,18 @@ class EfficientNet(nn.Module):
                 activation memory but much of the compute; measured on b0 at 224 px, batch
                 32 (benchmarks/README.md): all stages -49% peak memory for +42% step time,
                 the default -47% for +27%.
+
+        Raises:
+            ValueError: a stage index outside ``0 .. len(stages) - 1``.
         """
-        self.grad_checkpointing = enable
+        self.grad_checkpointing = bool(enable)
         if stages is None:
             last = max(self._stage_reduction)
             stages = [i for i, r in enumerate(self._stage_reduction) if r < last]
+        n = len(self._stage_reduction)
+        bad = [i for i in stages if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n]
+        if bad:
+            raise ValueError(f"stages {bad} are not stage indices of this model (0..{n - 1})")
         self._checkpoint_stages = sorted(stages)
 
     def save_pretrained(self, directory: str, class_names: Optional[List[str]] = None) -> None:

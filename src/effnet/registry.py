@@ -396,7 +396,13 @@ def weight_status(source: WeightSource) -> str:
 
 
 def list_models(pattern: str = "*") -> list[str]:
-    """Registered model names matching a shell-style ``pattern`` (``"*lite*"``), sorted naturally."""
+    """Registered model names matching a shell-style ``pattern`` (``"*lite*"``), sorted naturally.
+
+    Raises:
+        TypeError: ``pattern`` is not a str.
+    """
+    if not isinstance(pattern, str):
+        raise TypeError(f"pattern must be a str such as '*lite*', got {type(pattern).__name__} {pattern!r}")
     def natural(name: str) -> tuple:
         return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
     return sorted((n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern)), key=natural)
@@ -408,6 +414,8 @@ def get_config(name: str) -> ModelConfig:
     Raises:
         KeyError: unknown name; the message suggests the closest registered names.
     """
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a model name (str), got {type(name).__name__} {name!r}")
     if name in _REGISTRY:
         return _REGISTRY[name]
     close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.5)
@@ -480,8 +488,9 @@ def create_model(name: str, pretrained: Union[bool, str] = False,
         num_classes: classifier outputs, an int >= 0 (0 = no classifier: the model returns
             pooled features). A size other than the weights' keeps the pretrained backbone
             and initialises a new classifier. None: the size of the loaded weights'
-            classifier (1000 without weights). For an effnet folder, not given means the
-            folder's value.
+            classifier (1000 without weights). With ``weights`` (a file or an effnet folder),
+            not given means the weights' own size, so a trained head is never silently
+            replaced by a random one.
         in_chans: input image channels, an int >= 1; a pretrained RGB stem is adapted.
             For an effnet folder, not given means the folder's value.
         weights: a weight file, URL or effnet folder (:func:`from_pretrained` layout) in any
@@ -553,8 +562,8 @@ def create_model(name: str, pretrained: Union[bool, str] = False,
             loaded = read_weight_file(path)
             if loaded[0] == "tflite":
                 overrides.setdefault("padding", "same")
-            if num_classes is None:
-                num_classes = _weights_num_classes(*loaded)
+            if num_classes is None or num_classes is _DEFAULT_NUM_CLASSES:
+                num_classes = _weights_num_classes(*loaded)      # never a silent random head
     if num_classes is None:
         num_classes = 1000
     kwargs = dict(drop_rate=cfg.scaling.dropout, drop_path_rate=cfg.drop_path_rate, padding=cfg.padding,

@@ -101,8 +101,9 @@ def round_filters(channels: int, width: float, divisor: int = 8, round_limit: fl
     >>> round_filters(32, 1.1), round_filters(1280, 2.0), round_filters(40, 1.8)
     (32, 2560, 72)
     """
-    if channels < 1 or width <= 0:
-        raise ValueError(f"channels must be >= 1 and width > 0, got {channels}, {width}")
+    check_int("channels", channels, 1)
+    check_float("width", width, 0.0, low_open=True)
+    check_int("divisor", divisor, 1)
     scaled = channels * width
     new = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
     if new < round_limit * scaled:
@@ -272,8 +273,7 @@ def scale_to_budget(target_macs: float, base: NetworkSpec = EFFICIENTNET_B0,
         ValueError: if the budget is below the MACs of ``phi = -4`` (a sixteenth of the
             baseline: no meaningful network fits), or not positive.
     """
-    if target_macs <= 0:
-        raise ValueError(f"target_macs must be > 0, got {target_macs}")
+    target_macs = check_float("target_macs", target_macs, 0.0, low_open=True)
 
     def macs_at(phi: float) -> tuple[int, Scaling]:
         s = compound(phi, alpha, beta, gamma, base_resolution)

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import io
 import math
 import os
+import pickle
 import random
 import shutil
 import time
@@ -36,7 +38,7 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
 from tqdm import tqdm
 
-from .._io import atomic_write, clean_stale_temporaries
+from .._io import WriteError, atomic_write, clean_stale_temporaries
 from .._validate import check_float, check_int
 from ..data import ImageDataset, collate_skip, eval_transform
 from ..evaluation import evaluate
@@ -202,10 +204,13 @@ def load_checkpoint(path: Path) -> Dict[str, Any]:
         f"delete {path} or pass --overwrite to start the run again"
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:        # UnpicklingError, RuntimeError (zip), EOFError...: all mean "unusable"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot resume from {path}: it is truncated, corrupt or not an effnet checkpoint "
-                              f"({type(e).__name__}: {first[:200]}); {hint}") from None
+    except pickle.UnpicklingError:
+        # torch's own text suggests weights_only=False: never for a file from outside.
+        raise CheckpointError(f"cannot resume from {path}: it holds objects other than tensors and plain "
+                              f"values (a hostile or foreign file; nothing in it was run); {hint}") from None
+    except Exception as e:        # RuntimeError (zip), EOFError, ValueError...: truncated or not a checkpoint
+        raise CheckpointError(f"cannot resume from {path}: it is truncated, corrupt or not a torch checkpoint "
+                              f"({type(e).__name__}); {hint}") from None
     missing = [k for k in _CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise CheckpointError(f"cannot resume from {path}: not an effnet training checkpoint (missing {missing}); "
@@ -295,7 +300,12 @@ def _make_env(device: Optional[str], amp: Optional[bool]) -> _Env:
     world = dist.get_world_size() if distributed else 1
     if device is None:
         device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: no CUDA GPU is available here; use --device cpu")
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     use_amp = dev.type == "cuda" if amp is None else bool(amp)
@@ -321,8 +331,12 @@ def _check_run_dir(run_dir: Optional[Path], resume: bool, overwrite: bool) -> Op
         return None
     if resume and overwrite:
         raise ValueError("give resume (continue the run) or overwrite (start it again), not both")
-    if run_dir.exists() and not run_dir.is_dir():
-        raise FileExistsError(f"run folder {run_dir} is a file; choose another --out")
+    for folder in [run_dir, *run_dir.parents]:
+        if folder.exists():
+            if not folder.is_dir():
+                raise WriteError(errno.ENOTDIR, f"cannot use {run_dir} as the run folder: {folder} is a file, "
+                                                f"not a folder; choose another --out", str(run_dir))
+            break
     existing = [name for name in RUN_OUTPUTS if (run_dir / name).exists()]
     ckpt = run_dir / CHECKPOINT
     if resume and not ckpt.is_file():
@@ -548,8 +562,8 @@ def _train_epoch(state: _State, env: _Env, recipe: Recipe, epoch: int, epochs: i
         bar.set_postfix(loss=f"{loss_sum / seen:.4f}", top1=f"{100 * correct / seen:.1f}",
                         img_s=f"{seen * env.world / (time.perf_counter() - t0):.1f}")
     bar.close()
-    for path in skipped:
-        warnings.warn(f"skipped unreadable training image {path}")
+    for reason in skipped:
+        warnings.warn(f"skipped training image: {reason}")
     seconds = time.perf_counter() - t0
     stats = torch.tensor([loss_sum, correct, seen, len(skipped)], dtype=torch.float64, device=env.device)
     if env.distributed:

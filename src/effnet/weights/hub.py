@@ -46,6 +46,8 @@ from typing import Callable, Dict, Optional, Tuple
 
 from tqdm import tqdm
 
+from .._io import WriteError, current_umask, explain_write_error
+
 __all__ = ["DownloadError", "HashMismatchError", "NotInstalledError", "PackageFile", "package_file",
            "package_file_status", "cache_dir", "cache_path", "is_url", "fetch", "file_sha256",
            "hash_prefix_from_name", "STALE_PART_SECONDS"]
@@ -190,12 +192,24 @@ def fetch(url: str, sha256: Optional[str] = None, filename: Optional[str] = None
     if os.environ.get("EFFNET_OFFLINE", "") not in ("", "0"):
         cls = HashMismatchError if removed else DownloadError
         raise cls(f"{removed}EFFNET_OFFLINE is set and {name} is not in the cache; {where}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{name}.", suffix=".part")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{name}.", suffix=".part")
+    except OSError as e:
+        raise explain_write_error(target, e) from e
     tmp = Path(tmp_name)
+
+    def write(chunk: bytes) -> None:
+        view = memoryview(chunk)
+        try:
+            while view:                     # a raw write may be short (a disk filling up): finish it
+                view = view[out.write(view):]
+        except OSError as e:                # ENOSPC, EIO...: the disk, not the network
+            raise explain_write_error(target, e) from e
+
     try:
         h = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out:
+        with os.fdopen(fd, "wb", buffering=0) as out:      # unbuffered: no failing flush on close
             try:
                 with urllib.request.urlopen(url, timeout=timeout) as resp:
                     ctype = (resp.headers.get("Content-Type") or "").split(";")[0].strip().lower()
@@ -212,10 +226,12 @@ def fetch(url: str, sha256: Optional[str] = None, filename: Optional[str] = None
                             chunk = resp.read(_CHUNK)
                             if not chunk:
                                 break
-                            out.write(chunk)
+                            write(chunk)
                             h.update(chunk)
                             done += len(chunk)
                             bar.update(len(chunk))
+            except WriteError:
+                raise
             except urllib.error.HTTPError as e:
                 raise DownloadError(f"cannot download {name}: HTTP {e.code} {e.reason} from {url}; "
                                     f"check the URL, or {where}") from e
@@ -233,6 +249,7 @@ def fetch(url: str, sha256: Optional[str] = None, filename: Optional[str] = None
                 detail = str(e).replace(str(tmp), name)
                 raise DownloadError(f"download of {name} from {url} ({done} bytes) is not usable: {detail}; "
                                     f"nothing was cached; try again, or {where}") from e
+        os.chmod(tmp, 0o666 & ~current_umask())          # the usual permissions, not mkstemp's 0600
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

@@ -20,6 +20,7 @@ Checks made on every load, whatever the format:
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -30,7 +31,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from .._io import atomic_write
+from .._io import WriteError, atomic_write, make_parent
 from .convert import convert_state_dict
 from .formats import WeightFileError, read_json, read_weight_file
 from .hub import fetch, is_url
@@ -346,18 +347,25 @@ def save_pretrained(model: nn.Module, directory: Union[str, os.PathLike],
     The config holds the model name and its overrides (padding, BatchNorm, dropout,
     drop_path), ``num_classes``, ``in_chans``, the class names and the eval preprocessing,
     so :func:`effnet.from_pretrained` rebuilds the identical model. Both files are written
-    atomically (temporary file, then rename).
+    atomically (serialised in memory, written beside, renamed); the folder and its parents
+    are created when missing.
 
     Raises:
         ValueError: the model was not made by ``create_model`` (no config to record).
+        OSError (``effnet._io.WriteError``): ``directory`` (or a parent) is a file, or a write
+            failed (no space left on device...); the message names the file, and the
+            previous files are kept.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     cfg = getattr(model, "config", None)
     if cfg is None:
         raise ValueError("save_pretrained needs a model from effnet.create_model (it records the model name)")
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    if directory.exists() and not directory.is_dir():
+        raise WriteError(errno.EEXIST, f"cannot save to {directory}: it is a file, not a folder; choose another "
+                                       f"folder", str(directory))
+    make_parent(directory / WEIGHTS_NAME)
     names = list(class_names if class_names is not None else getattr(model, "class_names", None) or [])
     if names and len(names) != model.num_classes:
         raise ValueError(f"{len(names)} class names for a model with {model.num_classes} classes")
@@ -367,6 +375,6 @@ def save_pretrained(model: nn.Module, directory: Union[str, os.PathLike],
                        norm_eps=cfg.norm_eps, norm_momentum=cfg.norm_momentum),
         class_names=names, preprocess=dataclasses.asdict(cfg.preprocess))
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=1)))
+    atomic_write(directory / WEIGHTS_NAME, save(tensors, metadata={"format": "pt"}))     # bytes: OSError on a full disk
+    atomic_write(directory / CONFIG_NAME, json.dumps(config, indent=1).encode())
     return directory
