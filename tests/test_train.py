@@ -217,6 +217,9 @@ def test_demo_downloads_when_shared_data_is_absent(tmp_path, monkeypatch, data):
         monkeypatch.setenv("EFFNET_DATA", str(tmp_path / "no-shared-here"))
         monkeypatch.setenv("EFFNET_HOME", str(tmp_path / "home"))
         monkeypatch.setattr(demo, "HYMENOPTERA_URL", f"{url}/hymenoptera_data.zip")
+        import hashlib                                          # the served zip is a small stand-in
+        monkeypatch.setattr(demo, "HYMENOPTERA_SHA256",
+                            hashlib.sha256((serve / "hymenoptera_data.zip").read_bytes()).hexdigest())
         cfg = registry._REGISTRY["tf_efficientnet_lite0"]
         weights = tuple(dataclasses.replace(w, url=f"{url}/efficientnet-lite0.tar.gz") if w.tag == "tflite" else w
                         for w in cfg.weights)

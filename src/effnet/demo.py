@@ -7,7 +7,7 @@ and (3) classifies val photos with the result.
 
 From the shared data folder (``$EFFNET_DATA``) when it is there; otherwise the public
 ants/bees archive of the PyTorch transfer-learning tutorial is downloaded into the effnet
-cache (admitted only as a complete zip archive), extracted with member sizes capped into a
+cache (admitted only with its published sha256), extracted with member sizes capped into a
 temporary folder and renamed into place, and step (1) classifies ants/bees photos (both are
 ImageNet classes: 309 bee, 310 ant).
 
@@ -28,10 +28,13 @@ from .data import IMAGE_EXTENSIONS, data_dir
 from .registry import get_weight_source
 from .weights import cache_dir, fetch
 
-__all__ = ["HYMENOPTERA_URL", "IMAGENET_PHOTOS", "MAX_EXTRACTED_BYTES", "demo_data", "demo_photos", "demo_weights"]
+__all__ = ["HYMENOPTERA_URL", "HYMENOPTERA_SHA256", "IMAGENET_PHOTOS", "MAX_EXTRACTED_BYTES", "demo_data", "demo_photos", "demo_weights"]
 
 # The archive the PyTorch transfer-learning tutorial downloads (train/val, ants/bees).
 HYMENOPTERA_URL = "https://download.pytorch.org/tutorial/hymenoptera_data.zip"
+# Its sha256 as pytorch/tutorials checks it before use (.jenkins/download_data.py,
+# download_hymenoptera_data()).
+HYMENOPTERA_SHA256 = "fbc41b31d544714d18dd1230b1e2b455e1557766e13e67f9f5a7a23af7c02209"
 SHARED_TFLITE = "weights/efficientnet-lite0_int8_modelmaker_3class.tflite"
 # Step (1)'s photos, from the shared ImageNet samples: animals, an insect, objects and food.
 IMAGENET_PHOTOS = ("n01443537_goldfish.JPEG", "n02129604_tiger.JPEG", "n02219486_ant.JPEG",
@@ -90,7 +93,7 @@ def demo_data() -> Path:
         return shared
     target = cache_dir().parent / "data" / "hymenoptera_data"
     if not (target / "train").is_dir():
-        _extract_images(fetch(HYMENOPTERA_URL, check=_check_zip), target)
+        _extract_images(fetch(HYMENOPTERA_URL, sha256=HYMENOPTERA_SHA256, check=_check_zip), target)
     return target
 
 
