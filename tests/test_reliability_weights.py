@@ -602,3 +602,25 @@ def test_model_constructor_refuses_what_create_model_refuses():
         effnet.create_model("efficientnet_b0").reset_classifier(2.5)
     with pytest.raises(ValueError, match=r"stages \[99\] are not stage indices"):
         effnet.create_model("efficientnet_b0").set_grad_checkpointing(True, stages=[99])
+
+
+def test_a_published_md5_is_checked_on_download_and_reuse(server, cache):
+    import hashlib
+
+    url, routes, requests = server
+    body = small_safetensors()
+    routes["/m/model.safetensors"] = (body, "application/octet-stream", True, None)
+    with pytest.raises(HashMismatchError, match=r"md5 [0-9a-f]{32} does not match the published 0{32}"):
+        fetch(f"{url}/m/model.safetensors", progress=False, md5="0" * 32)
+    assert files_in(cache) == []
+    good = hashlib.md5(body).hexdigest()
+    path = fetch(f"{url}/m/model.safetensors", progress=False, md5=good)
+    path.write_bytes(body[:-1] + b"x")                                  # altered in the cache
+    fetch(f"{url}/m/model.safetensors", progress=False, md5=good)        # removed and fetched again
+    assert path.read_bytes() == body and len(requests) == 3
+
+
+def test_official_lite_archives_carry_their_published_md5():
+    for v in ("lite0", "lite1", "lite2", "lite3", "lite4"):
+        source = effnet.registry.get_weight_source(f"tf_efficientnet_{v}", "tflite")
+        assert source.url.endswith(f"efficientnet-{v}.tar.gz") and len(source.md5) == 32

