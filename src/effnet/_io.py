@@ -14,9 +14,9 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
-__all__ = ["atomic_write", "make_parent", "WriteError", "clean_stale_temporaries", "TMP_MARK", "current_umask",
+__all__ = ["atomic_write", "make_parent", "file_in_path", "WriteError", "clean_stale_temporaries", "TMP_MARK", "current_umask",
            "explain_write_error"]
 
 # Every temporary file atomic_write makes has this in its name, so that leftovers of a killed
@@ -48,14 +48,26 @@ def current_umask() -> int:
     return mask
 
 
-def _check_parent(path: Path) -> None:
-    parent = path.parent
-    for p in [parent, *parent.parents]:
+def file_in_path(folder: Union[str, os.PathLike]) -> Optional[Path]:
+    """The nearest existing component of ``folder`` (itself or a parent) when it is not a
+    folder, else None: a folder cannot be made (or written into) below a file."""
+    folder = Path(folder)
+    for p in [folder, *folder.parents]:
         if p.exists():
-            if not p.is_dir():
-                raise WriteError(errno.ENOTDIR, f"cannot write {path}: {p} is a file, not a folder; "
-                                                f"choose another output path", str(path))
-            break
+            return None if p.is_dir() else p
+    return None
+
+
+def _refuse_file_in_path(path: Path) -> None:
+    blocker = file_in_path(path.parent)
+    if blocker is not None:
+        raise WriteError(errno.ENOTDIR, f"cannot write {path}: {blocker} is a file, not a folder; "
+                                        f"choose another output path", str(path))
+
+
+def _check_parent(path: Path) -> None:
+    _refuse_file_in_path(path)
+    parent = path.parent
     if not parent.is_dir():
         raise WriteError(errno.ENOENT, f"cannot write {path}: its folder {parent} does not exist; "
                                        f"create it first or choose another output path", str(path))
@@ -68,12 +80,7 @@ def make_parent(path: Union[str, os.PathLike]) -> Path:
         WriteError: a component of the folder path is a file, or the folder cannot be made.
     """
     path = Path(path)
-    for p in [path.parent, *path.parent.parents]:
-        if p.exists():
-            if not p.is_dir():
-                raise WriteError(errno.ENOTDIR, f"cannot write {path}: {p} is a file, not a folder; "
-                                                f"choose another output path", str(path))
-            break
+    _refuse_file_in_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:

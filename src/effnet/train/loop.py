@@ -38,11 +38,12 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
 from tqdm import tqdm
 
-from .._io import WriteError, atomic_write, clean_stale_temporaries
+from .._io import WriteError, atomic_write, clean_stale_temporaries, file_in_path
 from .._validate import check_float, check_int
 from ..data import ImageDataset, collate_skip, eval_transform
 from ..evaluation import evaluate
 from ..registry import PreprocessConfig, create_model
+from ..weights.load import non_finite_keys
 from .augment import TrainAugment, train_decode
 from .optim import build_optimizer, lr_factor
 from .recipe import Recipe, get_recipe
@@ -218,11 +219,6 @@ def load_checkpoint(path: Path) -> Dict[str, Any]:
     return ckpt
 
 
-def _non_finite(state: Dict[str, torch.Tensor]) -> List[str]:
-    """Names of the floating-point tensors of a state dict that hold NaN or infinity."""
-    return [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-
-
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite; the run stops before anything non-finite is written."""
 
@@ -331,12 +327,10 @@ def _check_run_dir(run_dir: Optional[Path], resume: bool, overwrite: bool) -> Op
         return None
     if resume and overwrite:
         raise ValueError("give resume (continue the run) or overwrite (start it again), not both")
-    for folder in [run_dir, *run_dir.parents]:
-        if folder.exists():
-            if not folder.is_dir():
-                raise WriteError(errno.ENOTDIR, f"cannot use {run_dir} as the run folder: {folder} is a file, "
-                                                f"not a folder; choose another --out", str(run_dir))
-            break
+    blocker = file_in_path(run_dir)
+    if blocker is not None:
+        raise WriteError(errno.ENOTDIR, f"cannot use {run_dir} as the run folder: {blocker} is a file, "
+                                        f"not a folder; choose another --out", str(run_dir))
     existing = [name for name in RUN_OUTPUTS if (run_dir / name).exists()]
     ckpt = run_dir / CHECKPOINT
     if resume and not ckpt.is_file():
@@ -597,7 +591,7 @@ def _save_epoch(state: _State, run_dir: Path, ckpt_path: Path, rng_states: List[
         NonFiniteLossError: the weights became non-finite (nothing is written).
         OSError: a write failed (no space...); the previous files are kept.
     """
-    bad = _non_finite(state.net.state_dict()) + _non_finite(state.eval_model.state_dict())
+    bad = non_finite_keys(state.net.state_dict()) + non_finite_keys(state.eval_model.state_dict())
     if bad:
         kept = f", {ckpt_path} keeps the last good epoch" if ckpt_path.is_file() else ""
         raise NonFiniteLossError(f"training stopped after epoch {epoch + 1}: the weights hold NaN or infinity "

@@ -99,9 +99,10 @@ def hash_prefix_from_name(name: str) -> Optional[str]:
     return m.group(1) if m else None
 
 
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
+def file_sha256(path: Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file (sha256 unless ``algorithm`` names another hashlib algorithm, e.g.
+    ``md5`` for sources that publish only that), read in 1 MiB chunks."""
+    h = hashlib.new(algorithm, usedforsecurity=algorithm != "md5")
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             h.update(chunk)
@@ -141,11 +142,7 @@ def _check_md5(path_or_digest: Union[Path, str], md5: Optional[str], what: str) 
     if not md5:
         return
     if isinstance(path_or_digest, Path):
-        h = hashlib.md5(usedforsecurity=False)
-        with open(path_or_digest, "rb") as f:
-            for chunk in iter(lambda: f.read(_CHUNK), b""):
-                h.update(chunk)
-        path_or_digest = h.hexdigest()
+        path_or_digest = file_sha256(path_or_digest, "md5")
     if path_or_digest != md5.lower():
         raise HashMismatchError(f"{what}: md5 {path_or_digest} does not match the published {md5.lower()}; "
                                 f"the file is corrupt or not the published one")

@@ -37,7 +37,7 @@ from .formats import WeightFileError, read_json, read_weight_file
 from .hub import fetch, is_url
 
 __all__ = ["WeightMismatchError", "ConfigError", "adapt_input_conv", "resolve_source_path", "load_weights",
-           "load_state_dict", "save_pretrained", "read_folder_config", "check_finite", "CONFIG_NAME", "WEIGHTS_NAME",
+           "load_state_dict", "save_pretrained", "read_folder_config", "check_finite", "non_finite_keys", "CONFIG_NAME", "WEIGHTS_NAME",
            "FOLDER_CONFIG_KEYS"]
 
 CONFIG_NAME = "config.json"
@@ -105,6 +105,12 @@ def resolve_source_path(source: Union[str, os.PathLike], sha256: Optional[str] =
     return path
 
 
+def non_finite_keys(state_dict: Dict[str, Any]) -> List[str]:
+    """Keys of the floating-point tensors of ``state_dict`` that hold NaN or Inf, in order."""
+    return [k for k, v in state_dict.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
 def check_finite(state_dict: Dict[str, torch.Tensor], source: str = "state dict") -> None:
     """Refuse floating-point tensors holding NaN or Inf.
 
@@ -112,12 +118,12 @@ def check_finite(state_dict: Dict[str, torch.Tensor], source: str = "state dict"
         WeightFileError: the first non-finite tensor, by key, with its NaN/Inf counts and
             ``source`` (the file).
     """
-    for key, value in state_dict.items():
-        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            nan = int(torch.isnan(value).sum())
-            inf = int(torch.isinf(value).sum())
-            raise WeightFileError(f"{source}: tensor {key!r} holds {nan} NaN and {inf} Inf values; refusing "
-                                  f"non-finite weights (a corrupt file or a diverged training run)")
+    bad = non_finite_keys(state_dict)
+    if bad:
+        value = state_dict[bad[0]]
+        nan, inf = int(torch.isnan(value).sum()), int(torch.isinf(value).sum())
+        raise WeightFileError(f"{source}: tensor {bad[0]!r} holds {nan} NaN and {inf} Inf values; refusing "
+                              f"non-finite weights (a corrupt file or a diverged training run)")
 
 
 def read_folder_config(directory: Union[str, os.PathLike]) -> Dict[str, Any]:
@@ -315,8 +321,7 @@ def load_weights(model: nn.Module, source: Union[str, os.PathLike, Tuple[str, An
     if kind == "tflite":
         from .tflite import tflite_state_dict
 
-        sd, info = tflite_state_dict(obj, model)
-        check_finite(sd, name)
+        sd, info = tflite_state_dict(obj, model)          # load_state_dict refuses non-finite tensors
         if tf_trained is not False and (tf_trained or _tf_trained_reason(kind, "", path)):
             _warn_tf_padding(model, name, "a TFLite graph")
         report = load_state_dict(model, sd, name)
