@@ -178,7 +178,8 @@ def test_float64_model_takes_float64_and_autocast_takes_float32(b0):
     (lambda: Scaling(float("nan"), 1.0, 224, 0.2), ValueError, "Scaling.width must be a finite number"),
     (lambda: Scaling(1.0, -1.0, 224, 0.2), ValueError, "Scaling.depth must be in (0, inf)"),
     (lambda: Scaling(1.0, 1.0, 0, 0.2), ValueError, "Scaling.resolution must be >= 1"),
-    (lambda: Scaling(1.0, 1.0, 224.5, 0.2), TypeError, "Scaling.resolution must be an integer"),
+    (lambda: Scaling(1.0, 1.0, 224.5, 0.2), ValueError, "give pixels as an int"),
+    (lambda: Scaling(1.0, 1.0, "224", 0.2), TypeError, "Scaling.resolution must be pixels (int), a multiplier"),
     (lambda: Scaling(1.0, 1.0, 224, 1.0), ValueError, "Scaling.dropout must be in [0, 1)"),
 ])
 def test_scaling_arguments_are_validated(call, error, needle):
@@ -189,7 +190,7 @@ def test_scaling_arguments_are_validated(call, error, needle):
 
 def test_compound_still_follows_eq3():
     s = compound(2.0)
-    assert (s.width, s.depth, s.resolution) == (pytest.approx(1.1 ** 2), pytest.approx(1.2 ** 2), round(224 * 1.15 ** 2))
+    assert (s.width, s.depth, s.resolution) == (pytest.approx(1.1 ** 2), pytest.approx(1.2 ** 2), 296)
     assert math.isclose(compound(0).width, 1.0)
 
 

@@ -35,11 +35,14 @@ def test_official_coefficients():
 def test_compound_is_paper_equation_3():
     # alpha * beta^2 * gamma^2 ~= 2 (paper Section 3.3).
     assert PAPER_ALPHA * PAPER_BETA ** 2 * PAPER_GAMMA ** 2 == pytest.approx(1.92, abs=0.01)
+    # The scaled resolution rounds to the nearest multiple of 8 pixels: 224 * 1.15 = 257.6 -> 256.
     s = compound(1)
-    assert (s.depth, s.width, s.resolution) == (pytest.approx(1.2), pytest.approx(1.1), round(224 * 1.15))
+    assert (s.depth, s.width, s.resolution) == (pytest.approx(1.2), pytest.approx(1.1), 256)
     s = compound(2.5)
     assert s.depth == pytest.approx(1.2 ** 2.5) and s.width == pytest.approx(1.1 ** 2.5)
-    assert s.resolution == round(224 * 1.15 ** 2.5)
+    assert s.resolution == 8 * round(224 * 1.15 ** 2.5 / 8) == 320
+    # Without a base resolution it is the multiplier gamma**phi itself.
+    assert compound(1, base_resolution=None).resolution == pytest.approx(1.15)
     assert compound(0) == Scaling(1.0, 1.0, 224, 0.2)
 
 

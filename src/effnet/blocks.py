@@ -1,15 +1,16 @@
-"""The network's blocks: MBConv (EfficientNet) and FusedMBConv (EfficientNetV2)."""
+"""The network's blocks: MBConv (EfficientNet, MobileNetV2), FusedMBConv (EfficientNetV2),
+DepthwiseSeparable (MobileNetV1) and Bottleneck (ResNet), all built by :func:`create_block`."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .layers import ConvNormAct, DropPath, SqueezeExcite
+from .layers import ConvNormAct, DropPath, SqueezeExcite, create_act
 from .scaling import se_channels
 from .specs import BlockType, StageSpec
 
-__all__ = ["MBConv", "FusedMBConv", "create_block"]
+__all__ = ["MBConv", "FusedMBConv", "DepthwiseSeparable", "Bottleneck", "create_block"]
 
 
 class MBConv(nn.Module):
@@ -79,9 +80,73 @@ class FusedMBConv(nn.Module):
         return out
 
 
+class DepthwiseSeparable(nn.Module):
+    """Depthwise-separable convolution (MobileNetV1, Howard et al. 2017, Fig. 3).
+
+    depthwise kxk (stride here) -> BN -> act -> pointwise 1x1 -> BN -> act; no skip
+    connection (MobileNetV1 has none). ``drop_path_rate`` is accepted for a uniform
+    :func:`create_block` and unused.
+
+    Shapes: (N, in_chs, H, W) -> (N, out_chs, ceil(H / stride), ceil(W / stride)).
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, kernel: int, stride: int, act: str = "relu",
+                 padding: str = "symmetric", norm_eps: float = 1e-5, norm_momentum: float = 0.1) -> None:
+        super().__init__()
+        norm = dict(padding=padding, norm_eps=norm_eps, norm_momentum=norm_momentum)
+        self.depthwise = ConvNormAct(in_chs, in_chs, kernel, stride, groups=in_chs, act=act, **norm)
+        self.project = ConvNormAct(in_chs, out_chs, 1, act=act, **norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(self.depthwise(x))
+
+
+class Bottleneck(nn.Module):
+    """ResNet bottleneck (He et al. 2016, Fig. 5 right), v1.5 striding.
+
+    1x1 reduce to ``inner_chs`` -> BN -> act -> 3x3 (stride here) -> BN -> act -> 1x1
+    restore to ``out_chs`` -> BN; added to the shortcut, then act. The shortcut is the
+    identity, or a strided 1x1 conv + BN where the shape changes (projection, option B).
+    Stochastic depth drops the residual branch (timm's ``drop_path_rate`` for ResNets).
+
+    Shapes: (N, in_chs, H, W) -> (N, out_chs, ceil(H / stride), ceil(W / stride)).
+    """
+
+    def __init__(self, in_chs: int, inner_chs: int, out_chs: int, kernel: int = 3, stride: int = 1,
+                 act: str = "relu", padding: str = "symmetric", drop_path_rate: float = 0.0,
+                 norm_eps: float = 1e-5, norm_momentum: float = 0.1) -> None:
+        super().__init__()
+        norm = dict(padding=padding, norm_eps=norm_eps, norm_momentum=norm_momentum)
+        self.reduce = ConvNormAct(in_chs, inner_chs, 1, act=act, **norm)
+        self.conv = ConvNormAct(inner_chs, inner_chs, kernel, stride, act=act, **norm)
+        self.restore = ConvNormAct(inner_chs, out_chs, 1, act=None, **norm)
+        self.shortcut = (ConvNormAct(in_chs, out_chs, 1, stride, act=None, **norm)
+                         if stride != 1 or in_chs != out_chs else nn.Identity())
+        self.drop_path = DropPath(drop_path_rate)
+        self.act = create_act(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.restore(self.conv(self.reduce(x)))
+        return self.act(self.drop_path(out) + self.shortcut(x))
+
+
 def create_block(stage: StageSpec, in_chs: int, stride: int, act: str, padding: str,
                  drop_path_rate: float, norm_eps: float, norm_momentum: float) -> nn.Module:
-    """Build one block of ``stage`` (its type, kernel, expansion, SE) with the given input and stride."""
+    """Build one block of ``stage`` (its type, kernel, expansion, SE) with the given input and stride.
+
+    Args:
+        stage: the table row (block type, kernel, expansion, ``out_chs``, SE ratio).
+        in_chs: the block's input channels; stride: 1 or 2 (the stage's first block only).
+        act: activation name; padding: ``symmetric`` or ``same``.
+        drop_path_rate: stochastic depth of this block's residual branch.
+        norm_eps, norm_momentum: BatchNorm settings.
+    """
+    norm = dict(padding=padding, norm_eps=norm_eps, norm_momentum=norm_momentum)
+    if stage.block is BlockType.DEPTHWISE_SEPARABLE:
+        return DepthwiseSeparable(in_chs, stage.out_chs, stage.kernel, stride, act, **norm)
+    if stage.block is BlockType.BOTTLENECK:
+        return Bottleneck(in_chs, stage.inner_chs, stage.out_chs, stage.kernel, stride, act,
+                          drop_path_rate=drop_path_rate, **norm)
     cls = MBConv if stage.block is BlockType.MBCONV else FusedMBConv
     return cls(in_chs, stage.out_chs, stage.kernel, stride, stage.expand_ratio, stage.se_ratio, act,
-               padding, drop_path_rate, norm_eps, norm_momentum)
+               drop_path_rate=drop_path_rate, **norm)

@@ -19,6 +19,8 @@ __all__ = [
     "create_conv2d",
     "create_act",
     "ConvNormAct",
+    "MaxPool2dSame",
+    "create_max_pool",
     "SqueezeExcite",
     "DropPath",
     "drop_path",
@@ -122,6 +124,36 @@ class ConvNormAct(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.bn(self.conv(x)))
+
+
+class MaxPool2dSame(nn.MaxPool2d):
+    """``nn.MaxPool2d`` with TensorFlow 'SAME' padding (padded pixels never win: -inf).
+
+    Shapes: (N, C, H, W) -> (N, C, ceil(H / stride), ceil(W / stride)).
+    """
+
+    def __init__(self, kernel_size: int, stride: int) -> None:
+        super().__init__(kernel_size, stride, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        top, bottom = same_padding(x.shape[-2], self.kernel_size, self.stride)
+        left, right = same_padding(x.shape[-1], self.kernel_size, self.stride)
+        x = F.pad(x, [left, right, top, bottom], value=float("-inf"))
+        return F.max_pool2d(x, self.kernel_size, self.stride)
+
+
+def create_max_pool(kernel: int, stride: int, padding: str = "symmetric") -> nn.Module:
+    """Max-pool with the given padding mode: ``symmetric`` pads ``kernel // 2`` (ResNet's
+    3x3 stride-2 pool: ``nn.MaxPool2d(3, 2, 1)``), ``same`` is TF 'SAME'.
+
+    Raises:
+        ValueError: unknown padding mode.
+    """
+    if padding not in PADDING_MODES:
+        raise ValueError(f"padding must be one of {PADDING_MODES}, got {padding!r}")
+    if padding == "same":
+        return MaxPool2dSame(kernel, stride)
+    return nn.MaxPool2d(kernel, stride, padding=kernel // 2)
 
 
 class SqueezeExcite(nn.Module):

@@ -1,7 +1,11 @@
-"""The EfficientNet module: stem, stages of blocks, head, classifier.
+"""The network builder: stem, stages of blocks, head, classifier, from any spec.
 
-It is built from a scaled :class:`~effnet.specs.NetworkSpec` and knows nothing of model
-names or weight files (those live in :mod:`effnet.registry` and :mod:`effnet.weights`).
+:class:`ConvNet` builds every network from a scaled :class:`~effnet.specs.NetworkSpec`:
+EfficientNet B0..L2 and Lite, MobileNetV1/V2, ResNet-50, at any scaling. It knows nothing
+of model names or weight files (those live in :mod:`effnet.registry` and
+:mod:`effnet.weights`). :class:`EfficientNet` is the same builder under the family's name:
+``create_model`` returns it for the EfficientNet names, so ``isinstance(m, EfficientNet)``
+tells an EfficientNet from a scaled baseline while both share one implementation.
 """
 
 from __future__ import annotations
@@ -15,14 +19,14 @@ from torch.utils.checkpoint import checkpoint
 
 from ._validate import check_float, check_int
 from .blocks import create_block
-from .layers import ConvNormAct
+from .layers import ConvNormAct, create_max_pool
 from .specs import NetworkSpec
 
-__all__ = ["EfficientNet"]
+__all__ = ["ConvNet", "EfficientNet"]
 
 
-class EfficientNet(nn.Module):
-    """EfficientNet (Tan & Le, ICML 2019) from a network spec.
+class ConvNet(nn.Module):
+    """A ConvNet from a network spec: stem (+ max-pool), stages of blocks, head, classifier.
 
     Args:
         spec: the network with concrete widths and repeats (see
@@ -44,8 +48,9 @@ class EfficientNet(nn.Module):
     Shapes:
         ``forward``: (N, in_chans, H, W) float -> (N, num_classes) logits, any H, W >= 1.
         ``forward_features``: -> (N, num_features, ceil(H/32), ceil(W/32)).
-        ``forward_feature_maps``: -> list of 5 maps, strides 2, 4, 8, 16, 32 with the
-        channels in ``feature_info``.
+        ``forward_feature_maps``: -> one map per ``feature_info`` entry (strides 2, 4,
+        8, 16, 32 for EfficientNet and MobileNet; 4, 8, 16, 32 for ResNet-50, whose first
+        stage follows the stem's max-pool).
     """
 
     # Python-side metadata, not used in forward: TorchScript leaves them out.
@@ -66,14 +71,16 @@ class EfficientNet(nn.Module):
         self.in_chans = in_chans
         self.num_classes = num_classes
         self.drop_rate = drop_rate
-        self.num_features = spec.head_chs
+        self.num_features = spec.num_features
         self.grad_checkpointing = False
         self._checkpoint_stages = []
 
         self.stem = ConvNormAct(in_chans, spec.stem_chs, spec.stem_kernel, spec.stem_stride, act=spec.act, **norm)
+        self.stem_pool = create_max_pool(3, 2, padding) if spec.stem_pool else nn.Identity()
         stages: List[nn.Module] = []
         feature_info: List[Dict[str, Union[int, str]]] = []
-        in_chs, reduction, block_idx = spec.stem_chs, spec.stem_stride, 0
+        in_chs, block_idx = spec.stem_chs, 0
+        reduction = spec.stem_stride * (2 if spec.stem_pool else 1)
         stage_reduction: List[int] = []
         for i, stage in enumerate(spec.stages):
             blocks = []
@@ -93,9 +100,9 @@ class EfficientNet(nn.Module):
         self.feature_info = feature_info
         self._stage_reduction = stage_reduction
         self._feature_stages: List[int] = [int(f["stage"]) for f in feature_info]
-        self.head = ConvNormAct(in_chs, spec.head_chs, 1, act=spec.act, **norm)
+        self.head = ConvNormAct(in_chs, spec.head_chs, 1, act=spec.act, **norm) if spec.head_chs else nn.Identity()
         self.dropout = nn.Dropout(drop_rate)
-        self.classifier: nn.Module = nn.Linear(spec.head_chs, num_classes) if num_classes > 0 else nn.Identity()
+        self.classifier: nn.Module = nn.Linear(spec.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.reset_parameters()
 
     # ---- initialisation -------------------------------------------------------------------
@@ -134,7 +141,7 @@ class EfficientNet(nn.Module):
         num_classes = check_int("num_classes", num_classes, 0)
         self.num_classes = num_classes
         if num_classes > 0:
-            ref = next(self.head.parameters())
+            ref = self.stem.conv.weight
             linear = nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
             self._init_linear(linear)
             self.classifier = linear
@@ -202,7 +209,7 @@ class EfficientNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Stem, stages and head: (N, in_chans, H, W) -> (N, num_features, ceil(H/32), ceil(W/32))."""
         self._check_input(x)
-        x = self.stem(x)
+        x = self.stem_pool(self.stem(x))
         if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
             for i, stage in enumerate(self.stages):
                 x = _checkpoint_blocks(stage, x) if i in self._checkpoint_stages else stage(x)
@@ -217,7 +224,7 @@ class EfficientNet(nn.Module):
         is not applied).
         """
         self._check_input(x)
-        x = self.stem(x)
+        x = self.stem_pool(self.stem(x))
         maps: List[torch.Tensor] = []
         for i, stage in enumerate(self.stages):
             if self.grad_checkpointing and self.training and not torch.jit.is_scripting() \
@@ -241,6 +248,14 @@ class EfficientNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+class EfficientNet(ConvNet):
+    """EfficientNet (Tan & Le, ICML 2019): the :class:`ConvNet` builder under the family's name.
+
+    Adds nothing to :class:`ConvNet`; ``create_model`` returns this class for the
+    EfficientNet (and Lite) names so that code can tell the family apart by type.
+    """
 
 
 def _checkpoint_blocks(seq: nn.Module, x: torch.Tensor) -> torch.Tensor:

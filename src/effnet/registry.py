@@ -4,7 +4,9 @@ This is the only module that knows model names. Naming follows the common conven
 (timm): ``efficientnet_*`` use symmetric padding and PyTorch BatchNorm defaults (eps 1e-5,
 momentum 0.1), matching PyTorch-trained weights; ``tf_efficientnet_*`` use TensorFlow
 'SAME' padding and the paper's BatchNorm (eps 1e-3, decay 0.99), matching TF-trained
-weights. Architectures are otherwise identical.
+weights. Architectures are otherwise identical. The baselines of paper Table 3
+(``mobilenetv1_100``, ``mobilenetv2_100``, ``resnet50``, timm's names) are registered the
+same way, and every name can be scaled by ``create_model(name, scaling=...)`` or ``phi=``.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from typing import Any, Optional, Union
 from torch import nn
 
 from .layers import PADDING_MODES
-from .model import EfficientNet
+from .model import ConvNet, EfficientNet
 from .weights import PackageFile, fetch, load_weights, package_file, read_weight_file, resolve_source_path
 from .weights.load import CONFIG_NAME, ConfigError, read_folder_config
-from .scaling import EFFICIENTNET_SCALING, LITE_SCALING, Scaling, scale_network
-from .specs import EFFICIENTNET_B0, EFFICIENTNET_LITE0, NetworkSpec
+from .scaling import (EFFICIENTNET_SCALING, LITE_SCALING, PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, Scaling, compound,
+                      estimate_activations, estimate_params, scale_network)
+from .specs import EFFICIENTNET_B0, EFFICIENTNET_LITE0, MOBILENET_V1, MOBILENET_V2, RESNET50, NetworkSpec
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -187,13 +190,18 @@ class ModelConfig:
 
     Attributes:
         name: registry name.
-        base: the baseline table (B0 or Lite0).
-        scaling: width/depth/resolution/dropout coefficients.
+        base: the baseline table (B0, Lite0, MobileNetV1, MobileNetV2, ResNet-50).
+        scaling: width/depth/resolution/dropout coefficients of the registered network
+            over its baseline table (resolution in pixels).
         padding: ``symmetric`` or ``same``.
         norm_eps, norm_momentum: BatchNorm settings.
         drop_path_rate: stochastic depth of the last block (official 0.2).
         preprocess: eval preprocessing at the native resolution.
         weights: the published pretrained weights; the first is the default.
+        family: ``EfficientNet``, ``EfficientNet-Lite``, ``MobileNetV1``, ``MobileNetV2``
+            or ``ResNet``.
+        rescaled: the scaling ``create_model`` applied on top of the registered network
+            (``scaling=`` or ``phi=``; None: as registered). Recorded by ``save_pretrained``.
     """
 
     name: str
@@ -205,6 +213,13 @@ class ModelConfig:
     drop_path_rate: float = 0.2
     preprocess: PreprocessConfig = field(default_factory=lambda: PreprocessConfig(224))
     weights: tuple[WeightSource, ...] = ()
+    family: str = "EfficientNet"
+    rescaled: Optional[Scaling] = None
+
+    @property
+    def is_efficientnet(self) -> bool:
+        """Whether the network is an EfficientNet (or Lite), as opposed to another baseline."""
+        return self.family.startswith("EfficientNet")
 
     @property
     def network(self) -> NetworkSpec:
@@ -235,10 +250,26 @@ def _register_family() -> None:
         for variant, s in LITE_SCALING.items():
             crop = s.resolution / (s.resolution + CROP_PADDING)
             _register(ModelConfig(f"{prefix}_{variant}", EFFICIENTNET_LITE0, s, padding, eps, momentum,
-                                  preprocess=PreprocessConfig(s.resolution, crop, mean=LITE_MEAN, std=LITE_STD)))
+                                  preprocess=PreprocessConfig(s.resolution, crop, mean=LITE_MEAN, std=LITE_STD),
+                                  family="EfficientNet-Lite"))
+
+
+def _register_baselines() -> None:
+    # Paper Table 3's other ConvNets, PyTorch conventions (symmetric padding, BatchNorm eps
+    # 1e-5, momentum 0.1), no stochastic depth. Dropout: torchvision's mobilenet_v2 has 0.2
+    # before its classifier; timm's mobilenetv1_100 and torchvision's resnet50 have none.
+    # Eval preprocessing is that of each one's default published weights (below).
+    half = (0.5, 0.5, 0.5)
+    for name, base, dropout, family, pre in (
+            ("mobilenetv1_100", MOBILENET_V1, 0.0, "MobileNetV1", PreprocessConfig(224, 0.875, "bicubic", half, half)),
+            ("mobilenetv2_100", MOBILENET_V2, 0.2, "MobileNetV2", PreprocessConfig(224, 224 / 232, "bilinear")),
+            ("resnet50", RESNET50, 0.0, "ResNet", PreprocessConfig(224, 224 / 232, "bilinear"))):
+        _register(ModelConfig(name, base, Scaling(1.0, 1.0, 224, dropout), "symmetric", 1e-5, 0.1,
+                              drop_path_rate=0.0, preprocess=pre, family=family))
 
 
 _register_family()
+_register_baselines()
 
 # ---- published weights ------------------------------------------------------------------------
 _TIMM = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/"
@@ -482,10 +513,97 @@ def get_weight_source(name: str, tag: Union[bool, str] = True) -> WeightSource:
     raise KeyError(f"{name!r} has no weights tagged {tag!r}; choose from {[w.tag for w in cfg.weights]}")
 
 
+def _rescaling(scaling: Optional[Scaling], phi: Optional[float], alpha: Optional[float], beta: Optional[float],
+               gamma: Optional[float]) -> Optional[Scaling]:
+    """The relative scaling asked of ``create_model`` (None: as registered)."""
+    if scaling is not None and not isinstance(scaling, Scaling):
+        raise TypeError(f"scaling must be an effnet.Scaling(width=, depth=, resolution=), got "
+                        f"{type(scaling).__name__} {scaling!r}")
+    if phi is None:
+        given = [n for n, v in (("alpha", alpha), ("beta", beta), ("gamma", gamma)) if v is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} given without phi: the bases of paper Eq. 3 need a compound "
+                             f"coefficient phi (e.g. phi=1)")
+        return scaling
+    if scaling is not None:
+        raise ValueError("give either scaling= or phi=, not both")
+    return compound(phi, PAPER_ALPHA if alpha is None else alpha, PAPER_BETA if beta is None else beta,
+                    PAPER_GAMMA if gamma is None else gamma, base_resolution=None, dropout=None)
+
+
+def _available_memory() -> Optional[int]:
+    """Bytes of memory available to a new allocation (Linux MemAvailable), None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _check_buildable(cfg: ModelConfig, num_classes: int, in_chans: int) -> None:
+    """Refuse a network that cannot see its input or cannot fit in memory, before building it.
+
+    Raises:
+        ValueError: the resolution is below the network's total stride, or its float32
+            weights plus one image's two largest activations exceed 80% of the available
+            memory (the message gives what it needs, and what training one image would need).
+    """
+    spec, res = cfg.network, cfg.scaling.resolution
+    if res < spec.stride:
+        raise ValueError(f"{cfg.name}: resolution {res} px is below the network's total stride {spec.stride}; "
+                         f"the last stage would see less than one pixel. Use at least {spec.stride} px")
+    available = _available_memory()
+    if available is None:
+        return
+    params = estimate_params(spec, num_classes, in_chans)
+    acts = sorted(_layer_activations(spec, res), reverse=True)
+    infer = 4 * (params + sum(acts[:2]))
+    if infer > 0.8 * available:       # building also needs a transient copy of the largest tensors
+        train = 4 * (3 * params + 3 * sum(acts))
+        raise ValueError(f"{cfg.name} scaled to width {cfg.scaling.width:.3g}, depth {cfg.scaling.depth:.3g}, "
+                         f"{res} px has {params:,} parameters: it needs {infer / 2**30:.1f} GiB to run one image "
+                         f"(float32 weights and activations) and about {train / 2**30:.1f} GiB to train on one, "
+                         f"but {available / 2**30:.1f} GiB is available; use a smaller phi or scaling")
+
+
+def _layer_activations(spec: NetworkSpec, resolution: int) -> list:
+    from .scaling import _network_counts
+
+    return _network_counts(spec, resolution, 0, 3)[2]
+
+
+def _transfer(source: nn.Module, target: nn.Module, name: str) -> list:
+    """Copy every tensor of ``source`` whose key and shape ``target`` also has; warn naming
+    the layers of ``target`` left at their initialisation. Returns those layer names."""
+    import torch
+
+    src, fresh = source.state_dict(), []
+    with torch.no_grad():
+        for key, value in target.state_dict().items():
+            if key in src and src[key].shape == value.shape:
+                value.copy_(src[key])
+            elif not key.endswith("num_batches_tracked"):
+                layer = key.rsplit(".", 1)[0]
+                if layer not in fresh:
+                    fresh.append(layer)
+    if fresh:
+        import warnings
+
+        shown = ", ".join(fresh[:12]) + (f" and {len(fresh) - 12} more" if len(fresh) > 12 else "")
+        warnings.warn(f"{name}: the scaled network kept every pretrained tensor whose shape survived; "
+                      f"{len(fresh)} layers were re-initialised: {shown}", UserWarning, stacklevel=3)
+    return fresh
+
+
 def create_model(name: str, pretrained: Union[bool, str] = False,
                  num_classes: Optional[int] = _DEFAULT_NUM_CLASSES, in_chans: int = _DEFAULT_IN_CHANS,
-                 weights: Optional[Union[str, os.PathLike]] = None, **overrides: Any) -> nn.Module:
-    """Build a registered EfficientNet, optionally with pretrained weights.
+                 weights: Optional[Union[str, os.PathLike]] = None, scaling: Optional[Scaling] = None,
+                 phi: Optional[float] = None, alpha: Optional[float] = None, beta: Optional[float] = None,
+                 gamma: Optional[float] = None, **overrides: Any) -> nn.Module:
+    """Build a registered network (EfficientNet or another baseline), optionally scaled and pretrained.
 
     Args:
         name: a name from :func:`list_models` (``efficientnet_b0``, ``tf_efficientnet_lite0``...).
@@ -504,15 +622,26 @@ def create_model(name: str, pretrained: Union[bool, str] = False,
         weights: a weight file, URL or effnet folder (:func:`from_pretrained` layout) in any
             supported format instead of the registered weights. TFLite graphs switch the
             model to SAME padding (unless ``padding`` is given) and set the input
-            normalisation the graph uses. An effnet folder also supplies its overrides
-            and preprocessing, and loads strictly (its config must agree with its weights).
+            normalisation the graph uses. An effnet folder also supplies its overrides,
+            scaling and preprocessing, and loads strictly (its config must agree with its
+            weights).
+        scaling: scale the registered network: an :class:`effnet.Scaling` of width and depth
+            multipliers, resolution (int pixels, or a float multiplier rounded to a multiple
+            of 8) and optional dropout, applied on top of the registered coefficients to the
+            baseline table (:func:`effnet.scaling.scale_network` gives the rule per block).
+        phi: compound scaling instead (paper Eq. 3): width ``beta**phi``, depth
+            ``alpha**phi``, resolution ``gamma**phi``; ``phi=0`` is the registered network.
+        alpha, beta, gamma: the bases for ``phi`` (default the paper's 1.2, 1.1, 1.15).
+            With ``pretrained``/``weights``, a scaled network keeps every weight whose shape
+            survives scaling and warns naming the layers it re-initialised.
         **overrides: replace the registered value: ``drop_rate`` and ``drop_path_rate``
             (numbers in [0, 1)), ``padding`` (``"symmetric"`` or ``"same"``), ``norm_eps``
             (finite, > 0), ``norm_momentum`` (in (0, 1]; PyTorch's convention, 1 - TF decay).
 
     Returns:
-        An :class:`~effnet.model.EfficientNet` with its config as ``model.config`` (its
-        ``preprocess`` is that of the loaded weights), in train mode.
+        A :class:`~effnet.model.ConvNet` (an :class:`~effnet.model.EfficientNet` for the
+        EfficientNet names) with its config as ``model.config`` (its ``preprocess`` is that
+        of the loaded weights, at the scaled resolution), in train mode.
 
     Raises:
         TypeError: an argument of the wrong type (``num_classes=True``, ``name=3``), or an
@@ -520,6 +649,10 @@ def create_model(name: str, pretrained: Union[bool, str] = False,
         ValueError: an argument out of range (``num_classes=-1``, ``norm_momentum=5``...);
             the message names the argument, its value and the allowed range; or both
             ``pretrained`` and ``weights``.
+        ValueError: also ``scaling`` with ``phi``, ``alpha``/``beta``/``gamma`` without
+            ``phi``, a non-finite or non-positive coefficient, a resolution below the
+            network's total stride, or a network too large for the available memory (the
+            message says how much it needs; checked before anything is allocated).
         KeyError: unknown model name (with suggestions) or weight tag.
         RuntimeError: ``pretrained`` for a model with no published weights.
         effnet.weights errors: download, hash, file format, key/shape mismatch,
@@ -539,6 +672,18 @@ def create_model(name: str, pretrained: Union[bool, str] = False,
     cfg = get_config(name)
     if pretrained and weights is not None:
         raise ValueError("give either pretrained or weights, not both")
+    rescale = _rescaling(scaling, phi, alpha, beta, gamma)
+    if rescale is not None and (pretrained or weights is not None):
+        # Load the registered network as published, then keep what survives the scaling.
+        source_model = create_model(name, pretrained, num_classes, in_chans, weights, **overrides)
+        scaled = create_model(name, num_classes=source_model.num_classes, in_chans=source_model.in_chans,
+                              scaling=rescale, **overrides)
+        scaled.config = dataclasses.replace(scaled.config, preprocess=dataclasses.replace(
+            source_model.config.preprocess, input_size=scaled.config.preprocess.input_size))
+        _transfer(source_model, scaled, f"{'weights ' + str(weights) if weights is not None else 'pretrained'} "
+                                        f"{name}")
+        scaled.class_names = getattr(source_model, "class_names", None)
+        return scaled
     source = get_weight_source(name, pretrained) if pretrained else None
     loaded, preprocess, strict, tf_trained = None, cfg.preprocess, None, None
     if source is not None:
@@ -559,6 +704,13 @@ def create_model(name: str, pretrained: Union[bool, str] = False,
                                               tuple(pre["mean"]), tuple(pre["std"]))
             except (TypeError, ValueError) as e:
                 raise ConfigError(f"{where}: {e}") from e
+            if saved.get("scaling") is not None:
+                try:
+                    rescale = Scaling(**saved["scaling"])
+                except TypeError as e:
+                    raise ConfigError(f"{where}: key 'scaling' must hold width, depth, resolution, dropout: {e}") from e
+                except ValueError as e:
+                    raise ConfigError(f"{where}: key 'scaling': {e}") from e
             if num_classes is None or num_classes is _DEFAULT_NUM_CLASSES:
                 num_classes = saved["num_classes"]
             if in_chans is _DEFAULT_IN_CHANS:
@@ -574,6 +726,11 @@ def create_model(name: str, pretrained: Union[bool, str] = False,
                 num_classes = _weights_num_classes(*loaded)      # never a silent random head
     if num_classes is None:
         num_classes = 1000
+    if rescale is not None:
+        new = cfg.scaling.compose(rescale)
+        if new.resolution != cfg.scaling.resolution:
+            preprocess = dataclasses.replace(preprocess, input_size=new.resolution)
+        cfg = dataclasses.replace(cfg, scaling=new, rescaled=rescale)
     kwargs = dict(drop_rate=cfg.scaling.dropout, drop_path_rate=cfg.drop_path_rate, padding=cfg.padding,
                   norm_eps=cfg.norm_eps, norm_momentum=cfg.norm_momentum)
     kwargs.update(overrides)
@@ -581,7 +738,9 @@ def create_model(name: str, pretrained: Union[bool, str] = False,
         cfg, scaling=dataclasses.replace(cfg.scaling, dropout=kwargs["drop_rate"]),
         padding=kwargs["padding"], norm_eps=kwargs["norm_eps"], norm_momentum=kwargs["norm_momentum"],
         drop_path_rate=kwargs["drop_path_rate"], preprocess=preprocess)
-    model = EfficientNet(cfg.network, num_classes=int(num_classes), in_chans=int(in_chans), **kwargs)
+    _check_buildable(cfg, int(num_classes), int(in_chans))
+    builder = EfficientNet if cfg.is_efficientnet else ConvNet
+    model = builder(cfg.network, num_classes=int(num_classes), in_chans=int(in_chans), **kwargs)
     model.config = cfg                  # before loading: load warnings name the model
     if source is not None:
         location = (package_file(source.package, source.sha256) if source.package

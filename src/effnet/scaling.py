@@ -14,10 +14,12 @@ table; :func:`scale_to_budget` picks ``phi`` for a target MACs budget.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, replace
+from typing import Optional, Union
 
 from ._validate import check_float, check_int
-from .specs import EFFICIENTNET_B0, BlockType, NetworkSpec
+from .specs import EFFICIENTNET_B0, BlockType, NetworkSpec, StageSpec
 
 __all__ = [
     "Scaling",
@@ -32,6 +34,8 @@ __all__ = [
     "compound",
     "scale_network",
     "estimate_macs",
+    "estimate_params",
+    "estimate_activations",
     "scale_to_budget",
 ]
 
@@ -39,30 +43,78 @@ __all__ = [
 PAPER_ALPHA = 1.2
 PAPER_BETA = 1.1
 PAPER_GAMMA = 1.15
+# A float Scaling.resolution is a multiplier; above this it is surely pixels given as a float.
+MAX_RESOLUTION_MULTIPLIER = 64.0
 
 
 @dataclass(frozen=True)
 class Scaling:
-    """Scaling coefficients of one model.
+    """Scaling coefficients of one model, relative to its baseline table.
 
     Attributes:
-        width: channel multiplier (``w`` in paper Eq. 3; ``width_coefficient`` officially).
-        depth: repeats multiplier (``d``; ``depth_coefficient``).
-        resolution: input size in pixels (square side).
-        dropout: dropout rate before the classifier.
+        width: channel multiplier (``w = beta ** phi`` in paper Eq. 3; ``width_coefficient``
+            officially), > 0.
+        depth: repeats multiplier (``d = alpha ** phi``; ``depth_coefficient``), > 0.
+        resolution: the input size. An ``int`` is pixels (the square side, as the official
+            table gives it: 240 for B1); a ``float`` is a multiplier of the baseline's
+            resolution (``r = gamma ** phi``), in (0, 64], rounded to a multiple of 8 pixels
+            (1.0 keeps the baseline's exactly: see :meth:`pixels`); None is the baseline's.
+        dropout: dropout rate before the classifier in [0, 1); None keeps the baseline's.
+
+    Raises:
+        TypeError: a field of the wrong type (a string, a bool).
+        ValueError: a field NaN, infinite or out of range; the message names the field.
     """
 
-    width: float
-    depth: float
-    resolution: int
-    dropout: float
+    width: float = 1.0
+    depth: float = 1.0
+    resolution: Union[int, float, None] = None
+    dropout: Optional[float] = None
 
     def __post_init__(self) -> None:
-        """Raises TypeError (not a number) or ValueError (NaN, infinite, out of range), naming the field."""
         check_float("Scaling.width", self.width, 0.0, low_open=True)
         check_float("Scaling.depth", self.depth, 0.0, low_open=True)
-        check_int("Scaling.resolution", self.resolution, 1)
-        check_float("Scaling.dropout", self.dropout, 0.0, 1.0, high_open=True)
+        r = self.resolution
+        if isinstance(r, numbers.Integral) and not isinstance(r, bool):
+            check_int("Scaling.resolution", r, 1)
+        elif r is not None:
+            if isinstance(r, bool) or not isinstance(r, numbers.Real):
+                raise TypeError(f"Scaling.resolution must be pixels (int), a multiplier (float) or None, "
+                                f"got {r!r} ({type(r).__name__})")
+            if not (math.isfinite(r) and 0 < r <= MAX_RESOLUTION_MULTIPLIER):
+                raise ValueError(f"Scaling.resolution {r!r} is a float, so a multiplier of the baseline's "
+                                 f"resolution, and must be in (0, {MAX_RESOLUTION_MULTIPLIER:g}]; give pixels "
+                                 f"as an int (e.g. 288)")
+        if self.dropout is not None:
+            check_float("Scaling.dropout", self.dropout, 0.0, 1.0, high_open=True)
+
+    def pixels(self, base_resolution: int) -> int:
+        """The input side in pixels for a baseline at ``base_resolution`` pixels.
+
+        An int resolution is returned as is; a float multiplier ``r`` gives
+        ``base_resolution`` itself for ``r == 1`` and otherwise ``base_resolution * r``
+        rounded to the nearest multiple of 8 (never below 8), so that the stride-2 stages
+        halve it evenly.
+        """
+        r = self.resolution
+        if r is None:
+            return base_resolution
+        if isinstance(r, numbers.Integral):
+            return int(r)
+        return base_resolution if r == 1 else max(8, int(round(base_resolution * r / 8)) * 8)
+
+    def compose(self, other: "Scaling") -> "Scaling":
+        """``other`` applied on top of this (concrete) scaling: widths and depths multiply,
+        a resolution multiplier multiplies this one's pixels (an int replaces them), a
+        dropout replaces it.
+
+        Raises:
+            ValueError: this scaling has no concrete resolution in pixels.
+        """
+        if not isinstance(self.resolution, numbers.Integral):
+            raise ValueError(f"compose needs a scaling with its resolution in pixels, got {self.resolution!r}")
+        return Scaling(self.width * other.width, self.depth * other.depth, other.pixels(int(self.resolution)),
+                       self.dropout if other.dropout is None else other.dropout)
 
 
 # (width, depth, resolution, dropout) from the official code:
@@ -132,20 +184,24 @@ def se_channels(in_chs: int, se_ratio: float) -> int:
 
 
 def compound(phi: float, alpha: float = PAPER_ALPHA, beta: float = PAPER_BETA,
-             gamma: float = PAPER_GAMMA, base_resolution: int = 224,
-             dropout: float = 0.2) -> Scaling:
+             gamma: float = PAPER_GAMMA, base_resolution: Optional[int] = 224,
+             dropout: Optional[float] = 0.2) -> Scaling:
     """Coefficients of paper Eq. 3 for compound coefficient ``phi`` (any real, fractional too).
 
     Args:
         phi: compound coefficient; 0 is the baseline, each +1 roughly doubles FLOPs when
             ``alpha * beta**2 * gamma**2 == 2``.
         alpha, beta, gamma: depth, width and resolution bases (paper: 1.2, 1.1, 1.15).
-        base_resolution: the baseline's input size in pixels (224 for B0).
+        base_resolution: the baseline's input size in pixels (224 for B0); None returns
+            the resolution as the multiplier ``gamma**phi`` (a float), to apply to any
+            baseline (:meth:`Scaling.pixels`).
         dropout: dropout rate to attach (the paper gives no rule for it; the official
-            variants step from 0.2 to 0.5 as they grow).
+            variants step from 0.2 to 0.5 as they grow); None keeps the baseline's.
 
     Returns:
-        ``Scaling(width=beta**phi, depth=alpha**phi, resolution=round(base_resolution * gamma**phi))``.
+        ``Scaling(width=beta**phi, depth=alpha**phi, resolution=...)``, the resolution
+        ``base_resolution * gamma**phi`` rounded to a multiple of 8 pixels (``phi = 0``
+        keeps ``base_resolution`` exactly), or ``gamma**phi`` itself without a base.
 
     Raises:
         TypeError: a non-numeric argument.
@@ -156,7 +212,8 @@ def compound(phi: float, alpha: float = PAPER_ALPHA, beta: float = PAPER_BETA,
     alpha = check_float("alpha", alpha, 0.0, low_open=True)
     beta = check_float("beta", beta, 0.0, low_open=True)
     gamma = check_float("gamma", gamma, 0.0, low_open=True)
-    base_resolution = check_int("base_resolution", base_resolution, 1)
+    if base_resolution is not None:
+        base_resolution = check_int("base_resolution", base_resolution, 1)
     for name, base in (("depth alpha**phi", alpha), ("width beta**phi", beta), ("resolution gamma**phi", gamma)):
         try:
             value = base ** phi
@@ -165,22 +222,44 @@ def compound(phi: float, alpha: float = PAPER_ALPHA, beta: float = PAPER_BETA,
         if not math.isfinite(value) or value <= 0:
             raise ValueError(f"compound(phi={phi:g}): {name} = {value:g} is not a usable positive finite "
                              f"multiplier; use a smaller |phi|")
-    return Scaling(
-        width=beta ** phi,
-        depth=alpha ** phi,
-        resolution=max(1, int(round(base_resolution * gamma ** phi))),
-        dropout=dropout,
-    )
+    if gamma ** phi > MAX_RESOLUTION_MULTIPLIER:
+        raise ValueError(f"compound(phi={phi:g}): resolution gamma**phi = {gamma ** phi:g} is over "
+                         f"{MAX_RESOLUTION_MULTIPLIER:g}x the baseline's, with depth x{alpha ** phi:.3g} and width "
+                         f"x{beta ** phi:.3g}: no machine holds that network; use a smaller phi")
+    multiplier = Scaling(width=beta ** phi, depth=alpha ** phi, resolution=float(gamma ** phi), dropout=dropout)
+    if base_resolution is None:
+        return multiplier
+    return replace(multiplier, resolution=multiplier.pixels(base_resolution))
+
+
+def _scale_width(stage: StageSpec, width: float, divisor: int) -> int:
+    """A stage's scaled output channels. A Bottleneck scales its inner width and keeps the
+    expansion exact (outer = round_filters(inner) * expansion), as wide ResNets do."""
+    if stage.block is BlockType.BOTTLENECK:
+        return round_filters(stage.inner_chs, width, divisor) * stage.expand_ratio
+    return round_filters(stage.out_chs, width, divisor)
 
 
 def scale_network(spec: NetworkSpec, scaling: Scaling, divisor: int = 8) -> NetworkSpec:
-    """Apply width and depth scaling to a baseline table.
+    """Apply width and depth scaling to a baseline table (any spec: pure, no torch).
 
-    Widths go through :func:`round_filters`, repeats through :func:`round_repeats`. Stem and
-    head widths, and the first and last stages' repeats, stay as they are when the spec says
-    so (EfficientNet-Lite). SE ratios are relative to a block's input channels, so they
-    need no scaling. The returned spec has concrete channels and repeats and no further
-    scaling flags.
+    The rule, the same for every network:
+
+    - depth: every stage's repeats ``ceil(d * repeats)`` (:func:`round_repeats`, the official
+      code's ceil; Table 3's MobileNetV2 numbers need it: rounding to nearest gives 22% fewer
+      MACs). EfficientNet-Lite keeps the first and last stages' repeats.
+    - width: stem, every stage's output and the head through :func:`round_filters` (divisor
+      8, never losing more than 10%). Inside a block the inner widths follow: MBConv and
+      FusedMBConv expand their (scaled) input by ``expand_ratio``, SE is a fraction of it;
+      a ResNet Bottleneck scales its inner width (64..512) and its output is exactly
+      ``expansion`` (4) times that; a depthwise-separable block's depthwise conv keeps its
+      input width. EfficientNet-Lite keeps stem and head; MobileNetV2's head never goes
+      below 1280 (``head_min_chs``); networks without a head conv (MobileNetV1, ResNet-50)
+      pool the last stage.
+    - resolution is not part of the table: see :meth:`Scaling.pixels`.
+
+    Returns:
+        A spec with concrete channels and repeats and no further scaling flags.
     """
     width, depth = scaling.width, scaling.depth
     last = len(spec.stages) - 1
@@ -189,13 +268,13 @@ def scale_network(spec: NetworkSpec, scaling: Scaling, divisor: int = 8) -> Netw
         fixed_repeats = not spec.scale_first_last_repeats and i in (0, last)
         stages.append(replace(
             stage,
-            out_chs=round_filters(stage.out_chs, width, divisor),
+            out_chs=_scale_width(stage, width, divisor),
             repeats=stage.repeats if fixed_repeats else round_repeats(stage.repeats, depth),
         ))
+    stem, head = spec.stem_chs, spec.head_chs
     if spec.scale_stem_head:
-        stem, head = round_filters(spec.stem_chs, width, divisor), round_filters(spec.head_chs, width, divisor)
-    else:
-        stem, head = spec.stem_chs, spec.head_chs
+        stem = round_filters(spec.stem_chs, width, divisor)
+        head = max(round_filters(spec.head_chs, width, divisor), spec.head_min_chs) if spec.head_chs else 0
     return replace(spec, stem_chs=stem, stages=tuple(stages), head_chs=head,
                    scale_stem_head=True, scale_first_last_repeats=True)
 
@@ -203,6 +282,72 @@ def scale_network(spec: NetworkSpec, scaling: Scaling, divisor: int = 8) -> Netw
 def _conv_out(size: int, stride: int) -> int:
     # Both SAME and symmetric k//2 padding give ceil(size / stride) for odd kernels.
     return -(-size // stride)
+
+
+def _block_counts(stage: StageSpec, cin: int, h: int, w: int, stride: int) -> tuple[int, int, int, int, list]:
+    """MACs, parameters, output size and output-activation sizes of one block of ``stage``
+    on a ``cin`` x ``h`` x ``w`` input (conv weights and BN affine pairs; SE biases)."""
+    ho, wo = _conv_out(h, stride), _conv_out(w, stride)
+    k2, out = stage.kernel ** 2, stage.out_chs
+    macs = params = 0
+    acts: list = []
+
+    def conv(ci: int, co: int, kk: int, hh: int, ww: int, groups: int = 1) -> None:
+        nonlocal macs, params
+        macs += ci // groups * co * kk * hh * ww
+        params += ci // groups * co * kk + 2 * co              # weight + BN weight/bias
+        acts.append(co * hh * ww)
+
+    if stage.block is BlockType.BOTTLENECK:
+        inner = stage.inner_chs
+        conv(cin, inner, 1, h, w)                                # reduce 1x1
+        conv(inner, inner, k2, ho, wo)                           # 3x3 (stride here)
+        conv(inner, out, 1, ho, wo)                              # restore 1x1
+        if stride != 1 or cin != out:
+            conv(cin, out, 1, ho, wo)                            # projection shortcut
+    elif stage.block is BlockType.DEPTHWISE_SEPARABLE:
+        conv(cin, cin, k2, ho, wo, groups=cin)                   # depthwise kxk
+        conv(cin, out, 1, ho, wo)                                # pointwise 1x1
+    else:
+        mid = cin * stage.expand_ratio
+        if stage.block is BlockType.MBCONV:
+            if stage.expand_ratio != 1:
+                conv(cin, mid, 1, h, w)                          # expand 1x1
+            conv(mid, mid, k2, ho, wo, groups=mid)               # depthwise kxk
+        else:
+            mid = mid if stage.expand_ratio != 1 else out
+            conv(cin, mid, k2, ho, wo)                           # fused kxk
+        if stage.se_ratio > 0:
+            rd = se_channels(cin, stage.se_ratio)
+            macs += 2 * mid * rd                                 # SE reduce + expand (1x1 pooled)
+            params += 2 * mid * rd + rd + mid
+        if stage.block is BlockType.MBCONV or stage.expand_ratio != 1:
+            conv(mid, out, 1, ho, wo)                            # project 1x1
+    return macs, params, ho, wo, acts
+
+
+def _network_counts(spec: NetworkSpec, resolution, num_classes: int, in_chans: int) -> tuple[int, int, list]:
+    h, w = (resolution, resolution) if isinstance(resolution, int) else resolution
+    h, w = _conv_out(h, spec.stem_stride), _conv_out(w, spec.stem_stride)
+    macs = in_chans * spec.stem_chs * spec.stem_kernel ** 2 * h * w
+    params = in_chans * spec.stem_chs * spec.stem_kernel ** 2 + 2 * spec.stem_chs
+    acts = [spec.stem_chs * h * w]
+    if spec.stem_pool:
+        h, w = _conv_out(h, 2), _conv_out(w, 2)
+        acts.append(spec.stem_chs * h * w)
+    cin = spec.stem_chs
+    for stage in spec.stages:
+        for j in range(stage.repeats):
+            m, p, h, w, a = _block_counts(stage, cin, h, w, stage.stride if j == 0 else 1)
+            macs, params, cin = macs + m, params + p, stage.out_chs
+            acts.extend(a)
+    if spec.head_chs:
+        macs += cin * spec.head_chs * h * w                      # head 1x1
+        params += cin * spec.head_chs + 2 * spec.head_chs
+        acts.append(spec.head_chs * h * w)
+    macs += spec.num_features * num_classes                      # classifier
+    params += (spec.num_features + 1) * num_classes if num_classes else 0
+    return int(macs), int(params), acts
 
 
 def estimate_macs(spec: NetworkSpec, resolution: int | tuple[int, int], num_classes: int = 1000,
@@ -222,30 +367,23 @@ def estimate_macs(spec: NetworkSpec, resolution: int | tuple[int, int], num_clas
     Returns:
         MACs (int) for a batch of one image.
     """
-    h, w = (resolution, resolution) if isinstance(resolution, int) else resolution
-    h, w = _conv_out(h, spec.stem_stride), _conv_out(w, spec.stem_stride)
-    macs = in_chans * spec.stem_chs * spec.stem_kernel ** 2 * h * w
-    cin = spec.stem_chs
-    for stage in spec.stages:
-        for j in range(stage.repeats):
-            stride = stage.stride if j == 0 else 1
-            ho, wo = _conv_out(h, stride), _conv_out(w, stride)
-            mid = cin * stage.expand_ratio
-            k2 = stage.kernel ** 2
-            if stage.block is BlockType.MBCONV:
-                if stage.expand_ratio != 1:
-                    macs += cin * mid * h * w            # expand 1x1
-                macs += mid * k2 * ho * wo               # depthwise kxk
-            else:
-                macs += cin * mid * k2 * ho * wo         # fused expand kxk
-            if stage.se_ratio > 0:
-                macs += 2 * mid * se_channels(cin, stage.se_ratio)   # SE reduce + expand (1x1 pooled)
-            if stage.block is BlockType.MBCONV or stage.expand_ratio != 1:
-                macs += mid * stage.out_chs * ho * wo    # project 1x1
-            cin, h, w = stage.out_chs, ho, wo
-    macs += cin * spec.head_chs * h * w                  # head 1x1
-    macs += spec.head_chs * num_classes                  # classifier
-    return int(macs)
+    return _network_counts(spec, resolution, num_classes, in_chans)[0]
+
+
+def estimate_params(spec: NetworkSpec, num_classes: int = 1000, in_chans: int = 3) -> int:
+    """Parameters of a (scaled) network without building it: conv weights, BatchNorm
+    weight and bias, SE and classifier biases (BN running statistics are buffers, not
+    parameters). Equal to ``sum(p.numel() for p in model.parameters())`` (tested)."""
+    return _network_counts(spec, 32, num_classes, in_chans)[1]
+
+
+def estimate_activations(spec: NetworkSpec, resolution: int | tuple[int, int], in_chans: int = 3) -> int:
+    """Elements of every conv/BN output of one image's forward pass (float32: x4 bytes).
+
+    What training keeps for the backward pass is a small multiple of this (each conv's
+    output, its BN output and activation); inference needs about the two largest.
+    """
+    return int(sum(_network_counts(spec, resolution, 0, in_chans)[2]))
 
 
 def scale_to_budget(target_macs: float, base: NetworkSpec = EFFICIENTNET_B0,

@@ -1,9 +1,11 @@
 """Baseline network tables as plain data (no torch).
 
-A network is described by a :class:`NetworkSpec`: a stem convolution, a tuple of
-:class:`StageSpec` rows and a 1x1 head convolution. The EfficientNet-B0 table below is
-paper Table 1 (Tan & Le, ICML 2019) written row for row; every other EfficientNet is
-this table passed through :mod:`effnet.scaling`.
+A network is described by a :class:`NetworkSpec`: a stem convolution (optionally followed
+by a max-pool), a tuple of :class:`StageSpec` rows and an optional 1x1 head convolution.
+Each baseline below is its paper's table written row for row: EfficientNet-B0 (Tan & Le,
+ICML 2019, Table 1), MobileNetV1 (Howard et al. 2017, Table 1), MobileNetV2 (Sandler et
+al. 2018, Table 2) and ResNet-50 (He et al. 2016, Table 1). Every other network is one of
+these tables passed through :mod:`effnet.scaling`.
 
 Example (paper Table 1, stage 3)::
 
@@ -22,8 +24,13 @@ __all__ = [
     "NetworkSpec",
     "mbconv",
     "fused_mbconv",
+    "depthwise_separable",
+    "bottleneck",
     "EFFICIENTNET_B0",
     "EFFICIENTNET_LITE0",
+    "MOBILENET_V1",
+    "MOBILENET_V2",
+    "RESNET50",
 ]
 
 
@@ -34,6 +41,10 @@ class BlockType(str, enum.Enum):
     """Inverted residual: expand 1x1 -> depthwise kxk -> SE -> project 1x1 (MobileNetV2/EfficientNet)."""
     FUSED_MBCONV = "FusedMBConv"
     """Expand and depthwise fused into one regular kxk conv -> SE -> project 1x1 (EfficientNetV2)."""
+    DEPTHWISE_SEPARABLE = "DepthwiseSeparable"
+    """Depthwise kxk -> pointwise 1x1, each with BN and activation, no skip (MobileNetV1)."""
+    BOTTLENECK = "Bottleneck"
+    """1x1 reduce -> 3x3 -> 1x1 restore, residual added before the last activation (ResNet-50)."""
 
 
 @dataclass(frozen=True)
@@ -42,9 +53,11 @@ class StageSpec:
 
     Attributes:
         block: the block type (:class:`BlockType`).
-        expand_ratio: width of the inner (expanded) layer over the block's input channels;
-            1 means no expansion conv (MBConv1 in paper Table 1).
-        kernel: depthwise kernel size in pixels (3 or 5 in EfficientNet).
+        expand_ratio: MBConv/FusedMBConv: width of the inner (expanded) layer over the
+            block's input channels; 1 means no expansion conv (MBConv1 in paper Table 1).
+            Bottleneck: the *expansion* of He et al., output over inner width (4 in
+            ResNet-50: inner 64, output 256); see :attr:`inner_chs`. DepthwiseSeparable: 1.
+        kernel: the spatial (depthwise, fused or 3x3) kernel size in pixels.
         stride: stride of the first block of the stage (1 or 2); later blocks use 1.
         out_chs: output channels of every block in the stage.
         repeats: number of blocks (the "#Layers" column of Table 1).
@@ -71,6 +84,15 @@ class StageSpec:
             raise ValueError(f"out_chs and repeats must be >= 1, got {self.out_chs}, {self.repeats}")
         if not 0.0 <= self.se_ratio < 1.0:
             raise ValueError(f"se_ratio must be in [0, 1), got {self.se_ratio}")
+        if self.block is BlockType.BOTTLENECK and self.out_chs % self.expand_ratio:
+            raise ValueError(f"a Bottleneck's out_chs ({self.out_chs}) must be a multiple of its expansion "
+                             f"({self.expand_ratio})")
+
+    @property
+    def inner_chs(self) -> int:
+        """Bottleneck: the 1x1-reduce and 3x3 width, ``out_chs / expand_ratio`` (He et al.
+        Table 1 lists it: 64, 128, 256, 512). Other blocks: ``out_chs``."""
+        return self.out_chs // self.expand_ratio if self.block is BlockType.BOTTLENECK else self.out_chs
 
 
 def mbconv(expand_ratio: int, kernel: int, stride: int, out_chs: int, repeats: int,
@@ -85,6 +107,17 @@ def fused_mbconv(expand_ratio: int, kernel: int, stride: int, out_chs: int, repe
     return StageSpec(BlockType.FUSED_MBCONV, expand_ratio, kernel, stride, out_chs, repeats, se_ratio)
 
 
+def depthwise_separable(kernel: int, stride: int, out_chs: int, repeats: int) -> StageSpec:
+    """A stage of depthwise-separable convs (MobileNetV1 Table 1: "Conv dw / s" + "Conv 1x1")."""
+    return StageSpec(BlockType.DEPTHWISE_SEPARABLE, 1, kernel, stride, out_chs, repeats, 0.0)
+
+
+def bottleneck(inner_chs: int, stride: int, repeats: int, expansion: int = 4) -> StageSpec:
+    """A stage of ResNet bottlenecks as He et al. Table 1 writes it:
+    ``[1x1, inner; 3x3, inner; 1x1, inner * expansion] x repeats``."""
+    return StageSpec(BlockType.BOTTLENECK, expansion, 3, stride, inner_chs * expansion, repeats, 0.0)
+
+
 @dataclass(frozen=True)
 class NetworkSpec:
     """A whole network: stem conv, stages, 1x1 head conv.
@@ -92,13 +125,19 @@ class NetworkSpec:
     Attributes:
         stem_chs: output channels of the stem conv (kernel ``stem_kernel``, stride ``stem_stride``).
         stages: the block table, input side first.
-        head_chs: output channels of the final 1x1 conv (the pooled feature size).
-        act: activation name, ``"silu"`` (Swish, paper) or ``"relu6"`` (Lite).
+        head_chs: output channels of the final 1x1 conv (the pooled feature size); 0 for
+            networks without one (MobileNetV1, ResNet-50: the last stage's output is pooled).
+        act: activation name, ``"silu"`` (Swish, paper), ``"relu6"`` (Lite, MobileNetV2)
+            or ``"relu"`` (MobileNetV1, ResNet).
         stem_kernel, stem_stride: stem conv geometry (3x3 stride 2 in Table 1).
+        stem_pool: a 3x3 stride-2 max-pool after the stem conv (ResNet: "3x3 max pool, stride 2").
         scale_stem_head: when False, compound scaling leaves stem and head widths as they
             are (EfficientNet-Lite, official ``fix_head_stem``).
         scale_first_last_repeats: when False, the first and last stages keep their repeats
             under depth scaling (EfficientNet-Lite, official ``fix_head_stem``).
+        head_min_chs: width scaling never makes the head narrower than this (MobileNetV2
+            keeps its 1280-channel last layer for multipliers below 1, Sandler et al.
+            Section 6.1; torchvision and timm do the same). 0: no floor.
     """
 
     stem_chs: int
@@ -107,12 +146,16 @@ class NetworkSpec:
     act: str = "silu"
     stem_kernel: int = 3
     stem_stride: int = 2
+    stem_pool: bool = False
     scale_stem_head: bool = True
     scale_first_last_repeats: bool = True
+    head_min_chs: int = 0
 
     def __post_init__(self) -> None:
         if not self.stages:
             raise ValueError("a NetworkSpec needs at least one stage")
+        if self.head_chs < 0 or self.head_min_chs < 0:
+            raise ValueError(f"head_chs and head_min_chs must be >= 0, got {self.head_chs}, {self.head_min_chs}")
         if self.act not in ("silu", "relu6", "relu"):
             raise ValueError(f"act must be 'silu', 'relu6' or 'relu', got {self.act!r}")
 
@@ -122,9 +165,14 @@ class NetworkSpec:
         return sum(s.repeats for s in self.stages)
 
     @property
+    def num_features(self) -> int:
+        """Channels of the pooled features: the head conv's, or the last stage's without one."""
+        return self.head_chs or self.stages[-1].out_chs
+
+    @property
     def stride(self) -> int:
         """Total downsampling factor from input pixels to the head's feature map."""
-        total = self.stem_stride
+        total = self.stem_stride * (2 if self.stem_pool else 1)
         for s in self.stages:
             total *= s.stride
         return total
@@ -161,4 +209,72 @@ EFFICIENTNET_LITE0 = replace(
     act="relu6",
     scale_stem_head=False,
     scale_first_last_repeats=False,
+)
+
+
+# MobileNetV1 1.0 (Howard et al. 2017, Table 1), input 224x224x3:
+#   Conv / s2      3x3x3x32                         (stem)
+#   then each "Conv dw / s" + "Conv / s1 1x1" pair is one depthwise-separable block,
+#   grouped into stages at one resolution as timm's mobilenetv1_100 groups them (its
+#   weight keys blocks.S.B follow this grouping). The table's second-to-last "Conv dw / s2"
+#   at 7x7 is stride 1 (the output stays 7x7), as every implementation has it.
+#   Avg Pool 7x7, FC 1024x1000: no head conv. ReLU after every BN (the paper's Fig. 3).
+MOBILENET_V1 = NetworkSpec(
+    stem_chs=32,
+    stages=(
+        #                   kernel stride  chs   layers   Table 1 rows
+        depthwise_separable(3,     1,      64,   1),    # dw/s1 112^2x32, 1x1 32x64
+        depthwise_separable(3,     2,      128,  2),    # dw/s2 -> 56^2, 1x1 64x128; dw/s1, 1x1 128x128
+        depthwise_separable(3,     2,      256,  2),    # dw/s2 -> 28^2, 1x1 128x256; dw/s1, 1x1 256x256
+        depthwise_separable(3,     2,      512,  6),    # dw/s2 -> 14^2, 1x1 256x512; 5x (dw/s1, 1x1 512x512)
+        depthwise_separable(3,     2,      1024, 2),    # dw/s2 -> 7^2, 1x1 512x1024; dw/s1, 1x1 1024x1024
+    ),
+    head_chs=0,
+    act="relu",
+)
+
+# MobileNetV2 1.0 (Sandler et al. 2018, Table 2), input 224x224x3: "bottleneck" rows are
+# MBConv without squeeze-and-excitation, t = expansion, c = channels, n = repeats,
+# s = stride of the first; all depthwise kernels 3x3; ReLU6 (Section 3.2).
+#   conv2d 3x3, 32, s2 (stem) ... conv2d 1x1, 1280 (head); avgpool 7x7; conv2d 1x1 k (FC).
+MOBILENET_V2 = NetworkSpec(
+    stem_chs=32,
+    stages=(
+        #      t  kernel  s  c    n          Table 2 input
+        mbconv(1, 3,      1, 16,  1, 0.0),   # 112^2 x 32
+        mbconv(6, 3,      2, 24,  2, 0.0),   # 112^2 x 16
+        mbconv(6, 3,      2, 32,  3, 0.0),   # 56^2 x 24
+        mbconv(6, 3,      2, 64,  4, 0.0),   # 28^2 x 32
+        mbconv(6, 3,      1, 96,  3, 0.0),   # 14^2 x 64
+        mbconv(6, 3,      2, 160, 3, 0.0),   # 14^2 x 96
+        mbconv(6, 3,      1, 320, 1, 0.0),   # 7^2 x 160
+    ),
+    head_chs=1280,
+    act="relu6",
+    head_min_chs=1280,
+)
+
+# ResNet-50 (He et al. 2016, Table 1, the 50-layer column), input 224x224x3:
+#   conv1   7x7, 64, stride 2; 3x3 max pool, stride 2              (stem)
+#   conv2_x [1x1, 64; 3x3, 64; 1x1, 256] x 3                       (56x56)
+#   conv3_x [1x1, 128; 3x3, 128; 1x1, 512] x 4                     (28x28)
+#   conv4_x [1x1, 256; 3x3, 256; 1x1, 1024] x 6                    (14x14)
+#   conv5_x [1x1, 512; 3x3, 512; 1x1, 2048] x 3                    (7x7)
+#   average pool, 1000-d fc: no head conv.
+# Downsampling is on the 3x3 conv of each stage's first block and the shortcut is a
+# strided 1x1 conv + BN where the shape changes (option B), as torchvision's and timm's
+# "ResNet v1.5"; the paper's Table 1 strides the first 1x1 instead (same parameters).
+RESNET50 = NetworkSpec(
+    stem_chs=64,
+    stages=(
+        #          inner  stride  layers
+        bottleneck(64,    1,      3),     # conv2_x
+        bottleneck(128,   2,      4),     # conv3_x
+        bottleneck(256,   2,      6),     # conv4_x
+        bottleneck(512,   2,      3),     # conv5_x
+    ),
+    head_chs=0,
+    act="relu",
+    stem_kernel=7,
+    stem_pool=True,
 )

@@ -379,6 +379,8 @@ def save_pretrained(model: nn.Module, directory: Union[str, os.PathLike],
         overrides=dict(drop_rate=cfg.scaling.dropout, drop_path_rate=cfg.drop_path_rate, padding=cfg.padding,
                        norm_eps=cfg.norm_eps, norm_momentum=cfg.norm_momentum),
         class_names=names, preprocess=dataclasses.asdict(cfg.preprocess))
+    if getattr(cfg, "rescaled", None) is not None:
+        config["scaling"] = dataclasses.asdict(cfg.rescaled)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write(directory / WEIGHTS_NAME, save(tensors, metadata={"format": "pt"}))     # bytes: OSError on a full disk
     atomic_write(directory / CONFIG_NAME, json.dumps(config, indent=1).encode())
