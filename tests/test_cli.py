@@ -9,9 +9,9 @@ def test_models_table(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("EFFNET_HOME", str(tmp_path))                 # an empty cache
     assert main(["models", "*_b0"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split()[:2] == ["name", "params"]
+    assert out[0].split()[:4] == ["name", "family", "EfficientNet", "params"]
     rows = {line.split()[0]: line for line in out[1:]}
-    assert rows["efficientnet_b0"].split()[1:4] == ["5.29", "0.386", "224"]
+    assert rows["efficientnet_b0"].split()[1:6] == ["EfficientNet", "yes", "5.29", "0.386", "224"]
     assert rows["efficientnet_b0"].endswith("timm: downloadable, torchvision: downloadable")
     assert set(rows) == {"efficientnet_b0", "tf_efficientnet_b0"}
 
@@ -120,3 +120,59 @@ def test_predict_unknown_engine_is_an_error(data, capsys):
     image = data / "imagenet-samples" / "images" / "n01443537_goldfish.JPEG"
     assert main(["predict", str(image), "--model", "efficientnet_lite0", "--engine", "tensorrt"]) == 1
     assert "unknown engine 'tensorrt'" in capsys.readouterr().err
+
+
+def test_models_lists_the_baselines_as_not_efficientnets(capsys):
+    assert main(["models", "[mr]*"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
+    # name, family, EfficientNet?, params (M), MACs (G) at 224, input
+    assert rows["resnet50"][1:6] == ["ResNet", "no", "25.56", "4.089", "224"]
+    assert rows["mobilenetv2_100"][1:6] == ["MobileNetV2", "no", "3.50", "0.301", "224"]
+    assert rows["mobilenetv1_100"][1:6] == ["MobileNetV1", "no", "4.23", "0.569", "224"]
+    assert set(rows) == {"resnet50", "mobilenetv2_100", "mobilenetv1_100"}
+    assert main(["models", "efficientnet_lite0"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[1:3] == ["EfficientNet-Lite", "yes"]
+
+
+def test_info_scales_a_baseline_by_phi(capsys):
+    # Paper Table 3: ResNet-50 compound-scaled at phi = 2 (d 1.44, w 1.21, 296 px): 16.7B FLOPs.
+    assert main(["info", "resnet50", "--phi", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "width 1.21, depth 1.44, resolution 296 px" in out
+    assert "params 55,662,904" in out and "MACs 16.335 G at 296x296" in out
+    assert "MACs x3.995 over the baseline (4.089 G)" in out
+    stage_rows = [line.split() for line in out.splitlines() if line[:1].isdigit()]
+    # Inner widths round_filters(64..512 * 1.21), outputs exactly 4x; repeats ceil(1.44 * [3, 4, 6, 3]).
+    assert [r[1] for r in stage_rows] == ["Bottleneck80", "Bottleneck152", "Bottleneck312", "Bottleneck616"]
+    assert [r[6] for r in stage_rows] == ["320", "608", "1248", "2464"]
+    assert [r[7] for r in stage_rows] == ["5", "6", "9", "5"]
+
+
+def test_info_scales_by_width_depth_and_pixels(capsys):
+    assert main(["info", "mobilenetv2_100", "--width", "1.2", "--depth", "1.4", "--resolution", "288"]) == 0
+    out = capsys.readouterr().out
+    assert "resolution 288 px" in out and "MACs 1.284 G at 288x288" in out     # Table 3: 1.3B
+    assert "head   Conv1x1             1      1      -   384  1536" in out
+    assert main(["info", "mobilenetv2_100", "--resolution", "1.3"]) == 0       # a multiplier: 291.2 -> 288
+    assert "resolution 288 px" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, code, needle", [
+    (["info", "resnet50", "--resolution", "16"], 1, "below the network's total stride 32"),
+    (["info", "resnet50", "--alpha", "1.3"], 1, "--alpha needs --phi"),
+    (["info", "resnet50", "--phi", "1", "--width", "2"], 1, "not both"),
+    (["info", "resnt50"], 2, "Did you mean: resnet50"),
+    (["info", "resnet50", "--phi", "40"], 1, "no machine holds that network"),
+])
+def test_info_bad_scaling_is_one_clear_error(argv, code, needle, capsys):
+    assert main(argv) == code
+    assert needle in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["info", "resnet50", "--width", "0"], ["info", "resnet50", "--depth", "nan"],
+                                  ["info", "resnet50", "--resolution", "abc"], ["info", "resnet50", "--phi", "inf"]])
+def test_info_refuses_non_finite_or_non_positive_coefficients(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert "argument --" in capsys.readouterr().err

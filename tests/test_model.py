@@ -205,3 +205,51 @@ def test_default_checkpointing_skips_the_stride_32_stages():
     assert model._checkpoint_stages == [0, 1, 2, 3, 4]          # stages 5, 6 run at stride 32
     model.set_grad_checkpointing(True, stages=[0])
     assert model._checkpoint_stages == [0]
+
+
+# ---- one builder for every baseline -----------------------------------------------------------
+
+@pytest.mark.parametrize("name, reductions", [
+    ("resnet50", [4, 8, 16, 32]), ("mobilenetv1_100", [2, 4, 8, 16, 32]), ("mobilenetv2_100", [2, 4, 8, 16, 32]),
+])
+def test_baselines_script_export_and_give_feature_maps(name, reductions):
+    torch.manual_seed(0)
+    model = randomize_bn(effnet.create_model(name, num_classes=10)).eval()
+    x = torch.randn(1, 3, 97, 131)
+    with torch.no_grad():
+        ref = model(x)
+        torch.testing.assert_close(torch.jit.script(model)(x), ref, rtol=1e-5, atol=1e-5)
+        maps = model.forward_feature_maps(x)
+    assert [f["reduction"] for f in model.feature_info] == reductions
+    assert [m.shape[1] for m in maps] == [f["num_chs"] for f in model.feature_info]
+    assert [tuple(m.shape[2:]) for m in maps] == [(-(-97 // r), -(-131 // r)) for r in reductions]
+
+
+def test_resnet_bottleneck_is_he_et_al_with_v1_5_striding():
+    from effnet.blocks import Bottleneck
+
+    model = effnet.create_model("resnet50")
+    first, second = model.stages[1][0], model.stages[1][1]
+    assert isinstance(first, Bottleneck)
+    # conv3_x: [1x1, 128; 3x3, 128; 1x1, 512], stride on the 3x3, projection shortcut.
+    assert first.reduce.conv.weight.shape == (128, 256, 1, 1) and first.reduce.conv.stride == (1, 1)
+    assert first.conv.conv.weight.shape == (128, 128, 3, 3) and first.conv.conv.stride == (2, 2)
+    assert first.restore.conv.weight.shape == (512, 128, 1, 1)
+    assert first.shortcut.conv.weight.shape == (512, 256, 1, 1) and first.shortcut.conv.stride == (2, 2)
+    assert isinstance(second.shortcut, torch.nn.Identity)
+    # The residual is added before the last ReLU: outputs are non-negative.
+    with torch.no_grad():
+        assert (first(torch.randn(2, 256, 16, 16)) >= 0).all()
+
+
+def test_tf_padding_max_pool_keeps_ceil_sizes():
+    # The stem max-pool with TF 'SAME' padding: padded pixels never win (-inf), ceil(H / 2).
+    model = effnet.create_model("resnet50", padding="same").eval()
+    x = torch.randn(1, 3, 100, 75)
+    with torch.no_grad():
+        pooled = model.stem_pool(model.stem(x))
+    assert pooled.shape[2:] == (25, 19)
+    from effnet.layers import MaxPool2dSame
+
+    y = -torch.rand(1, 1, 4, 4) - 1                                   # all negative: zero padding would win
+    assert (MaxPool2dSame(3, 2)(y) < 0).all()

@@ -52,18 +52,30 @@ def count_macs(model: nn.Module, input_size: int | tuple[int, int], in_chans: in
     return int(counter.get_total_flops()) // 2
 
 
-def model_stats(name: str, num_classes: int = 1000) -> dict:
-    """Params and MACs at the native resolution of a registered model, counted on ``meta``.
+def model_stats(name: str, num_classes: int = 1000, **scaling) -> dict:
+    """Params and MACs at the native resolution of a registered model, counted on ``meta``
+    (nothing is allocated).
+
+    Args:
+        name: a registered model name.
+        num_classes: classifier outputs.
+        **scaling: ``scaling=`` or ``phi=`` (and ``alpha``/``beta``/``gamma``) as
+            :func:`effnet.create_model` takes them: the stats of the scaled network.
 
     Returns:
-        ``{"name", "params", "macs", "input_size"}`` (params and MACs as ints).
+        ``{"name", "params", "macs", "input_size", "config"}`` (params and MACs as ints,
+        input size in pixels, the model's :class:`~effnet.registry.ModelConfig`).
+
+    Raises:
+        As :func:`effnet.create_model` (unknown name, bad coefficients...).
     """
     from .registry import create_model
 
     with torch.device("meta"):
-        model = create_model(name, num_classes=num_classes)
+        model = create_model(name, num_classes=num_classes, **scaling)
     size = model.config.input_size
-    return dict(name=name, params=count_params(model), macs=count_macs(model, size), input_size=size)
+    return dict(name=name, params=count_params(model), macs=count_macs(model, size), input_size=size,
+                config=model.config)
 
 
 # ---- latency / throughput benchmarks ----------------------------------------------------------

@@ -21,36 +21,91 @@ def _cmd_models(args: argparse.Namespace) -> int:
     if not names:
         print(f"no model matches {args.pattern!r}", file=sys.stderr)
         return 1
-    print(f"{'name':<26} {'params (M)':>10} {'MACs (G)':>9} {'input':>6}  pretrained weights (tag: where)")
+    print(f"{'name':<26} {'family':<18} {'EfficientNet':<12} {'params (M)':>10} {'MACs (G)':>9} {'input':>6}  "
+          f"pretrained weights (tag: where)")
     for name in names:
-        s = model_stats(name)
-        sources = get_config(name).weights
-        pretrained = ", ".join(f"{w.tag}: {weight_status(w)}" for w in sources) or "-"
-        print(f"{name:<26} {s['params'] / 1e6:>10.2f} {s['macs'] / 1e9:>9.3f} {s['input_size']:>6}  {pretrained}")
+        s, cfg = model_stats(name), get_config(name)
+        pretrained = ", ".join(f"{w.tag}: {weight_status(w)}" for w in cfg.weights) or "-"
+        print(f"{name:<26} {cfg.family:<18} {'yes' if cfg.is_efficientnet else 'no':<12} {s['params'] / 1e6:>10.2f} "
+              f"{s['macs'] / 1e9:>9.3f} {s['input_size']:>6}  {pretrained}")
     return 0
+
+
+def _resolution(text: str):
+    """``--resolution``: an integer is pixels (288), a decimal a multiplier (1.3)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected pixels (an integer such as 288) or a multiplier (such as 1.3), "
+                                         f"got {text!r}") from None
+
+
+def _scaling_args(args: argparse.Namespace) -> dict:
+    """``create_model`` keyword arguments for --phi/--alpha/--beta/--gamma or --width/--depth/--resolution."""
+    from .scaling import Scaling
+
+    dims = {k: getattr(args, k) for k in ("width", "depth", "resolution") if getattr(args, k) is not None}
+    bases = {k: getattr(args, k) for k in ("alpha", "beta", "gamma") if getattr(args, k) is not None}
+    if args.phi is not None:
+        if dims:
+            raise ValueError(f"give --phi or --width/--depth/--resolution, not both (got --phi and "
+                             f"{', '.join('--' + k for k in dims)})")
+        return dict(phi=args.phi, **bases)
+    if bases:
+        raise ValueError(f"{', '.join('--' + k for k in bases)} {'needs' if len(bases) == 1 else 'need'} --phi (paper Eq. 3: d = alpha^phi, "
+                         f"w = beta^phi, r = gamma^phi)")
+    return dict(scaling=Scaling(**dims)) if dims else {}
+
+
+def _stage_rows(net, in_chans: int = 3) -> list:
+    """(stage, block, kernel, stride, expand, in, out, repeats, SE) rows of a network's table."""
+    from .scaling import se_channels
+    from .specs import BlockType
+
+    rows = [("stem", "Conv", net.stem_kernel, net.stem_stride, "-", in_chans, net.stem_chs, 1, "-")]
+    if net.stem_pool:
+        rows.append(("pool", "MaxPool", 3, 2, "-", net.stem_chs, net.stem_chs, 1, "-"))
+    in_chs = net.stem_chs
+    for i, st in enumerate(net.stages, 1):
+        se = se_channels(in_chs, st.se_ratio) if st.se_ratio > 0 else "-"
+        if st.block is BlockType.BOTTLENECK:
+            block = f"Bottleneck{st.inner_chs}"
+        elif st.block is BlockType.DEPTHWISE_SEPARABLE:
+            block = "DWSeparable"
+        else:
+            block = st.block.value + str(st.expand_ratio)
+        rows.append((i, block, st.kernel, st.stride, st.expand_ratio, in_chs, st.out_chs, st.repeats, se))
+        in_chs = st.out_chs
+    if net.head_chs:
+        rows.append(("head", "Conv1x1", 1, 1, "-", in_chs, net.head_chs, 1, "-"))
+    return rows
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from .analysis import model_stats
-    from .registry import get_config
-    from .scaling import se_channels
 
-    cfg = get_config(args.name)
+    scale = _scaling_args(args)
+    stats = model_stats(args.name, **scale)
+    cfg = stats["config"]
     net, s, pre = cfg.network, cfg.scaling, cfg.preprocess
-    stats = model_stats(args.name)
-    print(f"{cfg.name}: width {s.width}, depth {s.depth}, resolution {s.resolution} px, dropout {s.dropout}, "
-          f"drop_path {cfg.drop_path_rate}")
+    print(f"{cfg.name} ({cfg.family}): width {s.width:.4g}, depth {s.depth:.4g}, resolution {s.resolution} px, "
+          f"dropout {s.dropout}, drop_path {cfg.drop_path_rate}")
     print(f"params {stats['params']:,}  MACs {stats['macs'] / 1e9:.3f} G at {s.resolution}x{s.resolution}")
+    if scale:
+        base = model_stats(args.name)
+        r = cfg.rescaled
+        print(f"scaled from {cfg.name}: width x{r.width:.4g}, depth x{r.depth:.4g}, resolution {base['input_size']} -> "
+              f"{s.resolution} px; params x{stats['params'] / base['params']:.3f}, "
+              f"MACs x{stats['macs'] / base['macs']:.3f} over the baseline ({base['macs'] / 1e9:.3f} G)")
     print(f"activation {net.act}, padding {cfg.padding}, BatchNorm eps {cfg.norm_eps} momentum {cfg.norm_momentum}")
-    print(f"{'stage':<7}{'block':<13}{'kernel':>6}{'stride':>7}{'expand':>7}{'in':>6}{'out':>6}{'repeats':>8}{'SE':>5}")
-    print(f"{'stem':<7}{'Conv':<13}{net.stem_kernel:>6}{net.stem_stride:>7}{'-':>7}{3:>6}{net.stem_chs:>6}{1:>8}{'-':>5}")
-    in_chs = net.stem_chs
-    for i, st in enumerate(net.stages, 1):
-        se = se_channels(in_chs, st.se_ratio) if st.se_ratio > 0 else "-"
-        print(f"{i:<7}{st.block.value + str(st.expand_ratio):<13}{st.kernel:>6}{st.stride:>7}{st.expand_ratio:>7}"
-              f"{in_chs:>6}{st.out_chs:>6}{st.repeats:>8}{se!s:>5}")
-        in_chs = st.out_chs
-    print(f"{'head':<7}{'Conv1x1':<13}{1:>6}{1:>7}{'-':>7}{in_chs:>6}{net.head_chs:>6}{1:>8}{'-':>5}")
+    print(f"{'stage':<7}{'block':<15}{'kernel':>6}{'stride':>7}{'expand':>7}{'in':>6}{'out':>6}{'repeats':>8}{'SE':>5}")
+    for row in _stage_rows(net):
+        stage, block, k, stride, e, cin, cout, n, se = row
+        print(f"{stage!s:<7}{block:<15}{k:>6}{stride:>7}{e!s:>7}{cin:>6}{cout:>6}{n:>8}{se!s:>5}")
     print(f"preprocessing: resize shorter side to {pre.resize_size} px ({pre.interpolation}), center crop "
           f"{pre.input_size} px (crop_pct {pre.crop_pct:.3f}), mean {tuple(round(m, 4) for m in pre.mean)}, "
           f"std {tuple(round(v, 4) for v in pre.std)}")
@@ -369,8 +424,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pattern", nargs="?", default="*", help="shell-style name filter, e.g. '*lite*'")
     p.set_defaults(func=_cmd_models)
 
-    p = sub.add_parser("info", help="the resolved configuration of one model, stage by stage")
+    p = sub.add_parser("info", help="the resolved configuration of one model, stage by stage, optionally scaled")
     p.add_argument("name")
+    g = p.add_argument_group("scaling (paper Eq. 3)", "scale the registered network: --phi, or any of "
+                                                      "--width/--depth/--resolution")
+    g.add_argument("--phi", type=_real(-math.inf), default=None, help="compound coefficient: d = alpha^phi, w = beta^phi, "
+                                                             "r = gamma^phi")
+    g.add_argument("--alpha", type=_real(0.0), default=None, help="depth base (default 1.2)")
+    g.add_argument("--beta", type=_real(0.0), default=None, help="width base (default 1.1)")
+    g.add_argument("--gamma", type=_real(0.0), default=None, help="resolution base (default 1.15)")
+    g.add_argument("--width", type=_real(0.0), default=None, help="width multiplier")
+    g.add_argument("--depth", type=_real(0.0), default=None, help="depth multiplier")
+    g.add_argument("--resolution", type=_resolution, default=None,
+                   help="pixels (an integer, 288) or a multiplier (1.3, rounded to a multiple of 8 px)")
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("predict", help="top-k classes of images or folders of images")
