@@ -1,4 +1,5 @@
-"""Model analysis: parameter counts and MACs (torch.utils.flop_counter).
+"""Model analysis: parameter counts and MACs (torch.utils.flop_counter), engine benchmarks and
+class activation maps (:func:`cam`).
 
 Counting runs on the ``meta`` device when asked, so even EfficientNet-L2 at 800 px is
 counted in a fraction of a second without allocating its weights or activations.
@@ -14,7 +15,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = ["count_params", "count_macs", "model_stats", "ENGINES", "INT8_ENGINES", "build_engine", "benchmark",
-           "time_engines", "paired_ratio", "reference_models", "format_table"]
+           "time_engines", "paired_ratio", "reference_models", "format_table", "cam"]
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
@@ -76,6 +77,112 @@ def model_stats(name: str, num_classes: int = 1000, **scaling) -> dict:
     size = model.config.input_size
     return dict(name=name, params=count_params(model), macs=count_macs(model, size), input_size=size,
                 config=model.config)
+
+
+# ---- class activation maps ------------------------------------------------------------------
+
+def _linear_classifier(model: nn.Module) -> nn.Linear:
+    """The classifier of a global-average-pool + linear head, or a ValueError saying why not."""
+    if not callable(getattr(model, "forward_features", None)) or not callable(getattr(model, "forward_head", None)):
+        raise ValueError(f"CAM needs a model with forward_features (the last feature map) and forward_head "
+                         f"(global average pool + linear), such as effnet.create_model(...); "
+                         f"{type(model).__name__} has not both")
+    fc = getattr(model, "classifier", None)
+    if not isinstance(fc, nn.Linear):
+        what = "no classifier (num_classes=0)" if getattr(model, "num_classes", None) == 0 or isinstance(fc, nn.Identity) \
+            else f"a {type(fc).__name__} classifier"
+        raise ValueError(f"CAM needs a linear classifier on the pooled features, but {type(model).__name__} has {what}; "
+                         f"build the model with num_classes >= 1 (or model.reset_classifier(n) and train it)")
+    return fc
+
+
+def _class_indices(class_index, logits: torch.Tensor) -> torch.Tensor:
+    """``class_index`` (None, int, (N,) integer tensor or sequence) as an (N,) int64 tensor, checked."""
+    n, k = logits.shape
+    if class_index is None:
+        return logits.argmax(dim=1)
+    if isinstance(class_index, bool) or (torch.is_tensor(class_index) and class_index.dtype == torch.bool):
+        raise TypeError(f"class_index must be an int, an (N,) integer tensor or None, got a bool {class_index!r}")
+    if not torch.is_tensor(class_index):
+        if isinstance(class_index, (float, str, bytes)):
+            raise TypeError(f"class_index must be an int, an (N,) integer tensor or None, got "
+                            f"{type(class_index).__name__} {class_index!r}")
+        try:
+            class_index = torch.as_tensor(class_index)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise TypeError(f"class_index must be an int, an (N,) integer tensor or None, got "
+                            f"{type(class_index).__name__} {class_index!r}") from e
+    if class_index.is_floating_point() or class_index.is_complex() or class_index.dtype == torch.bool:
+        raise TypeError(f"class_index must hold integers (torch.long), got dtype {class_index.dtype}")
+    if class_index.dim() == 0:
+        class_index = class_index.expand(n)
+    if class_index.shape != (n,):
+        raise ValueError(f"class_index must be an int or have shape ({n},), one class per image, "
+                         f"got shape {tuple(class_index.shape)}")
+    lo, hi = int(class_index.min()), int(class_index.max())
+    if lo < 0 or hi >= k:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"class_index {bad} is outside the model's {k} classes (0..{k - 1})")
+    return class_index.to(device=logits.device, dtype=torch.long)
+
+
+def cam(model: nn.Module, x: torch.Tensor, class_index=None, *, return_logits: bool = False):
+    """Class activation maps (Zhou et al., CVPR 2016; paper Fig. 7) from the last feature map.
+
+    With a global-average-pool + linear head, logit ``k`` is ``mean_hw(W_k . f[:, :, h, w]) + b_k``;
+    the CAM of class ``k`` is the map inside that mean, ``M_k[h, w] = sum_c W[k, c] f[c, h, w]``.
+    So ``cam(...).mean((1, 2)) + bias[class_index]`` equals the logits (to float rounding,
+    about 1e-6 in float32 for logits of a few units). One forward pass, no gradients; the model
+    is run in eval mode (and put back in training mode afterwards if it was).
+
+    Args:
+        model: an :class:`~effnet.model.ConvNet` (any registered or scaled network), or any
+            module with ``forward_features`` -> (N, C, h, w), ``forward_head`` (global average
+            pool + linear) and an ``nn.Linear`` ``classifier`` of C inputs.
+        x: (N, in_chans, H, W) float images, preprocessed as the model expects
+            (:func:`effnet.data.eval_transform`), in the weights' dtype and on their device.
+        class_index: the class whose map to make per image: an int (every image), an (N,)
+            integer tensor or sequence (one per image), or None: each image's top-1 class.
+        return_logits: also return the logits of the same forward pass.
+
+    Returns:
+        (N, h, w) maps in the features' dtype (float32 for a float32 model), h = ceil(H/32) and
+        w = ceil(W/32) for the registered networks; raw class scores (logit units before
+        the bias), not normalised, and not upsampled (see :func:`effnet.plots.upsample_cam`).
+        With ``return_logits``: ``(maps, logits)``, logits (N, num_classes).
+
+    Raises:
+        ValueError: the model has no linear classifier on pooled features (``num_classes=0``,
+            another head); its head is not global-average-pool + linear (the maps' means
+            do not give its logits); ``class_index`` out of ``0 .. num_classes - 1`` or not of
+            shape (N,).
+        TypeError: ``class_index`` neither None, an int nor integers (a float, a bool).
+        As ``model.forward_features`` for a bad ``x`` (wrong shape, integer pixels, dtype).
+    """
+    fc = _linear_classifier(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            features = model.forward_features(x)
+            if features.dim() != 4 or features.shape[1] != fc.in_features:
+                raise ValueError(f"CAM needs a (N, C, h, w) last feature map with C = the classifier's "
+                                 f"{fc.in_features} inputs; forward_features gave {tuple(features.shape)}")
+            logits = model.forward_head(features)
+            k = _class_indices(class_index, logits)
+            weights = fc.weight.to(features.dtype)[k]                        # (N, C)
+            maps = torch.einsum("nchw,nc->nhw", features, weights)
+            bias = fc.bias[k].to(maps.dtype) if fc.bias is not None else 0.0
+            score = logits.gather(1, k[:, None])[:, 0]
+            # Guard against heads that are not pool + linear (the identity would be false).
+            tol = 1e3 * torch.finfo(maps.dtype).eps * (1.0 + float(score.abs().max()))
+            gap = float((maps.mean((1, 2)) + bias - score).abs().max())
+            if gap > tol:                       # (a NaN gap, from non-finite weights, is not a head error)
+                raise ValueError(f"the model's head is not global average pool + linear classifier: the CAM means "
+                                 f"differ from its logits by {gap:.3g} (> {tol:.3g}); CAM does not apply")
+    finally:
+        model.train(was_training)
+    return (maps, logits) if return_logits else maps
 
 
 # ---- latency / throughput benchmarks ----------------------------------------------------------

@@ -374,6 +374,115 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_label(model, fallback: str) -> str:
+    """A short column label: the config name, with the rescaling when there is one."""
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        return fallback
+    r = getattr(cfg, "rescaled", None)
+    if r is None:
+        return cfg.name
+    return f"{cfg.name} d{r.depth:.3g} w{r.width:.3g} r{cfg.input_size}"
+
+
+def _cam_models(args: argparse.Namespace) -> list:
+    """(label, model) pairs of ``effnet cam``: --model (+ --weights/--pretrained), or each of
+    --models (registered names, with --pretrained when given, or effnet folders)."""
+    from .registry import from_pretrained
+    from .weights import CONFIG_NAME
+
+    if not args.models:
+        model = _build_model(args)
+        return [(_model_label(model, args.model or str(args.weights)), model)]
+    if args.model:
+        raise SystemExit("error: give --model (one model) or --models a,b,c (several), not both")
+    if args.weights:
+        raise SystemExit("error: --weights names one model's file; with --models list effnet folders "
+                         "(save_pretrained, a training run's best/) or registered names (with --pretrained)")
+    items = [s.strip() for s in args.models.split(",") if s.strip()]
+    if not items:
+        raise SystemExit(f"error: --models must be a comma list of model names or effnet folders, got {args.models!r}")
+    out = []
+    for item in items:
+        folder = Path(item)
+        if folder.is_dir():
+            if not (folder / CONFIG_NAME).is_file():
+                raise SystemExit(f"error: --models entry {item} is a folder without {CONFIG_NAME}; give an effnet "
+                                 f"folder (save_pretrained, a training run's best/) or a registered model name")
+            model = from_pretrained(folder).eval()
+            label = f"{folder.parent.name}/{folder.name}" if folder.name == "best" else folder.name
+        else:
+            model = _build_model(argparse.Namespace(model=item, weights=None, pretrained=args.pretrained))
+            label = _model_label(model, item)
+        out.append((label, model))
+    return out
+
+
+def _cmd_cam(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .analysis import cam
+    from .data import IMAGE_EXTENSIONS, ImageDecodeError, load_image, resize_center_crop, to_tensor
+    from .plots import plot_cam_grid, plot_cam_rows, upsample_cam
+
+    files = _collect_images(args.inputs)
+    if not files:
+        raise SystemExit(f"error: no images found in {', '.join(args.inputs)}: looked for files ending in "
+                         f"{', '.join(IMAGE_EXTENSIONS)} (folders are searched recursively)")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"error: --out {out} is a file; give a folder for the PNGs")
+    models = _cam_models(args)
+    decode = max(m.config.preprocess.resize_size for _, m in models)
+    grid, written, used, failed = [], [], set(), 0
+    for f in files:
+        try:
+            img = load_image(f, min_size=decode)
+        except (ImageDecodeError, FileNotFoundError) as e:
+            failed += 1
+            print(f"skipped: {e}", file=sys.stderr)
+            continue
+        entries = []
+        for label, model in models:
+            pre = model.config.preprocess
+            crop = resize_center_crop(img, pre.resize_size, pre.input_size, pre.interpolation)
+            x = to_tensor(crop, pre.mean, pre.std)[None]
+            maps, logits = cam(model, x, return_logits=True)
+            probs = logits.float().softmax(dim=1)[0]
+            names = _class_names(model)
+            top = probs.topk(min(args.topk, probs.numel()))
+            k = int(top.indices[0])
+            entries.append(dict(label=label, photo=np.asarray(crop),
+                                heat=upsample_cam(maps, pre.input_size)[0].numpy(),
+                                top=[(names[i], float(p)) for i, p in zip(top.indices.tolist(), top.values)],
+                                class_name=names[k], class_prob=float(probs[k])))
+            print(f"{f}: {label}: {names[k]} {float(probs[k]):.3f}")
+        stem, n = f.stem, 2
+        while stem in used:                                # same name in two folders
+            stem, n = f"{f.stem}_{n}", n + 1
+        used.add(stem)
+        written.append(plot_cam_rows(entries, out / f"{stem}.png", title=f.name))
+        grid.append(entries)
+    if not grid:
+        print(f"error: none of the {len(files)} images could be read (each is named above)", file=sys.stderr)
+        return 1
+    if args.figure or len(grid) > 1 or len(models) > 1:
+        written.append(plot_cam_grid(grid, args.figure or out / "cam_grid.png"))
+    print(f"wrote {len(written)} PNGs ({failed} images skipped): {', '.join(str(p) for p in written)}", file=sys.stderr)
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from .plots import plot_family, plot_run
+
+    if args.what == "family":
+        path = plot_family(args.out)
+    else:
+        path = plot_run(args.run_dir, args.out)
+    print(f"wrote {path}")
+    return 0
+
+
 def _count(minimum: int):
     """argparse type: an integer >= ``minimum`` (0 is never "default")."""
     def parse(text: str) -> int:
@@ -508,6 +617,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", action="store_true",
                    help="add the timm, torchvision and EfficientNet-PyTorch models (eager) where importable")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("cam", help="class activation maps (Zhou et al. 2016): a PNG per image, one grid for all")
+    p.add_argument("inputs", nargs="+", help="image files or folders (searched recursively)")
+    _add_model_args(p)
+    p.add_argument("--models", default=None,
+                   help="comma list of model names (with --pretrained when given) or effnet folders: a column per "
+                        "model in the grid, like paper Fig. 7 (baseline, deeper, wider, higher resolution, compound)")
+    p.add_argument("--out", required=True, help="folder for <image>.png (photo, CAM overlay, top-k per model)")
+    p.add_argument("--figure", default=None,
+                   help="the grid of all images and models (default OUT/cam_grid.png, written for >1 image or model)")
+    p.add_argument("--topk", type=POSITIVE, default=5)
+    p.set_defaults(func=_cmd_cam)
+
+    p = sub.add_parser("plot", help="figures: the family's top-1 against MACs/params, a run's curves or trials")
+    what = p.add_subparsers(dest="what", required=True)
+    q = what.add_parser("family", help="published top-1 against MACs and params of the registered models")
+    q.add_argument("--out", required=True, help="PNG file to write")
+    q.set_defaults(func=_cmd_plot)
+    q = what.add_parser("run", help="a training run (metrics.csv) or a search/sweep folder (trials.csv)")
+    q.add_argument("run_dir", help="the folder given to --out of effnet train, search or sweep")
+    q.add_argument("--out", default=None, help="PNG file (default: RUN_DIR/curves.png or RUN_DIR/trials.png)")
+    q.set_defaults(func=_cmd_plot)
     return parser
 
 
