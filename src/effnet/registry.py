@@ -148,7 +148,8 @@ class WeightSource:
     Attributes:
         tag: short name to select it (``create_model(name, pretrained=tag)``).
         url: the real public download address.
-        format: the layout of the file (``timm``, ``torchvision``, ``lukemelas``, ``tflite``).
+        format: the layout of the file (``timm``, ``torchvision``, ``lukemelas``, ``resnet``,
+            ``tflite``; :data:`effnet.weights.FORMATS`).
         preprocess: the eval preprocessing the source itself uses with these weights.
         sha256: the full published hash where known; otherwise the hash prefix in the file
             name (torch.hub convention) is checked, and archives without either are
@@ -361,6 +362,40 @@ _PYPI_LITE = {
 }
 
 
+# The baselines' published ImageNet-1k weights: model -> (tag, url, format, preprocessing, top-1).
+# The first of each model is its default (pretrained=True), the one whose preprocessing the
+# model is registered with. No full sha256 is published for any of them: the torchvision
+# files carry torch.hub's sha256 prefix in their names (checked on download); the timm file
+# has none and is checked for format only, at a pinned Hugging Face revision.
+# * torchvision (torchvision/models/mobilenetv2.py MobileNet_V2_Weights, resnet.py
+#   ResNet50_Weights; docs pytorch.org/vision/stable/models/generated/torchvision.models.
+#   {mobilenet_v2,resnet50}.html): transforms ImageClassification(crop_size=224[,
+#   resize_size=232]), whose defaults are resize_size=256 and InterpolationMode.BILINEAR
+#   (torchvision/transforms/_presets.py); acc@1 from each entry's _metrics. DEFAULT = V2.
+# * timm mobilenetv1_100.ra4_e3600_r224_in1k (timm/models/efficientnet.py default_cfgs;
+#   huggingface.co/timm/mobilenetv1_100.ra4_e3600_r224_in1k config.json pretrained_cfg:
+#   224 px, crop_pct 0.875, bicubic, mean = std = 0.5; test_input_size 256 at crop 0.95).
+#   Top-1 75.382 at 224 (76.094 at 256), timm README.md, news of July 2024. The file was
+#   added in revision dda9ab42 ("Add model") and is unchanged on main since.
+_TIMM_HF_HUB = "https://huggingface.co/timm/"
+_BASELINE_WEIGHTS = {
+    "mobilenetv2_100": (
+        ("torchvision", _TV + "mobilenet_v2-7ebf99e0.pth", "torchvision",              # IMAGENET1K_V2
+         _pre(224, resize=232, interpolation="bilinear"), 72.154),
+        ("torchvision_v1", _TV + "mobilenet_v2-b0353104.pth", "torchvision",           # IMAGENET1K_V1
+         _pre(224, resize=256, interpolation="bilinear"), 71.878)),
+    "resnet50": (
+        ("torchvision", _TV + "resnet50-11ad3fa6.pth", "resnet",                       # IMAGENET1K_V2
+         _pre(224, resize=232, interpolation="bilinear"), 80.858),
+        ("torchvision_v1", _TV + "resnet50-0676ba61.pth", "resnet",                    # IMAGENET1K_V1
+         _pre(224, resize=256, interpolation="bilinear"), 76.13)),
+    "mobilenetv1_100": (
+        ("timm", _TIMM_HF_HUB + "mobilenetv1_100.ra4_e3600_r224_in1k/resolve/"
+                 "dda9ab42e23f3061aa191630817df76e8fe9cace/model.safetensors", "timm",
+         _pre(224, crop_pct=0.875, interpolation="bicubic", mean=_HALF, std=_HALF), 75.382),),
+}
+
+
 def _add_weights(name: str, *sources: WeightSource) -> None:
     cfg = _REGISTRY[name]
     _REGISTRY[name] = dataclasses.replace(cfg, weights=cfg.weights + sources)
@@ -407,6 +442,9 @@ def _register_weights() -> None:
         _add_weights(f"tf_efficientnet_{v}", WeightSource(
             "tflite", f"{_LITE}efficientnet-{v}.tar.gz", "tflite", _REGISTRY[f"tf_efficientnet_{v}"].preprocess,
             top1=_LITE_TOP1.get(v), tf_trained=True, md5=_LITE_MD5[v]))
+    for name, sources in _BASELINE_WEIGHTS.items():
+        for tag, url, fmt, pre, top1 in sources:
+            _add_weights(name, WeightSource(tag, url, fmt, pre, top1=top1))
 
 
 _register_weights()

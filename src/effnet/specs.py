@@ -127,8 +127,8 @@ class NetworkSpec:
         stages: the block table, input side first.
         head_chs: output channels of the final 1x1 conv (the pooled feature size); 0 for
             networks without one (MobileNetV1, ResNet-50: the last stage's output is pooled).
-        act: activation name, ``"silu"`` (Swish, paper), ``"relu6"`` (Lite, MobileNetV2)
-            or ``"relu"`` (MobileNetV1, ResNet).
+        act: activation name, ``"silu"`` (Swish, paper), ``"relu6"`` (Lite, MobileNetV1/V2)
+            or ``"relu"`` (ResNet).
         stem_kernel, stem_stride: stem conv geometry (3x3 stride 2 in Table 1).
         stem_pool: a 3x3 stride-2 max-pool after the stem conv (ResNet: "3x3 max pool, stride 2").
         scale_stem_head: when False, compound scaling leaves stem and head widths as they
@@ -218,7 +218,12 @@ EFFICIENTNET_LITE0 = replace(
 #   grouped into stages at one resolution as timm's mobilenetv1_100 groups them (its
 #   weight keys blocks.S.B follow this grouping). The table's second-to-last "Conv dw / s2"
 #   at 7x7 is stride 1 (the output stays 7x7), as every implementation has it.
-#   Avg Pool 7x7, FC 1024x1000: no head conv. ReLU after every BN (the paper's Fig. 3).
+#   Avg Pool 7x7, FC 1024x1000: no head conv. An activation after every BN (the paper's
+#   Fig. 3): ReLU6, as in the reference implementation (tensorflow/models
+#   research/slim/nets/mobilenet_v1.py, mobilenet_v1_arg_scope: activation_fn=tf.nn.relu6)
+#   and in timm's mobilenetv1_100 (timm/models/efficientnet.py _gen_mobilenet_v1:
+#   resolve_act_layer(kwargs, 'relu6')), whose weights this model loads; with plain ReLU
+#   those weights give logits off by 0.45 on the reference-scaling oracle.
 MOBILENET_V1 = NetworkSpec(
     stem_chs=32,
     stages=(
@@ -230,7 +235,7 @@ MOBILENET_V1 = NetworkSpec(
         depthwise_separable(3,     2,      1024, 2),    # dw/s2 -> 7^2, 1x1 512x1024; dw/s1, 1x1 1024x1024
     ),
     head_chs=0,
-    act="relu",
+    act="relu6",
 )
 
 # MobileNetV2 1.0 (Sandler et al. 2018, Table 2), input 224x224x3: "bottleneck" rows are
