@@ -130,6 +130,32 @@ def test_finetune_skips_corrupt_images_and_writes_the_run(small_set, tmp_path, d
     assert best.class_names == ["ants", "bees"] and best.config.preprocess.input_size == 96
 
 
+def test_eval_resolution_and_crop_follow_the_recipe(small_set, tmp_path, monkeypatch):
+    """FixRes (Touvron et al. 2019): validation, and the saved model, run at the training size
+    times ``eval_size_scale`` with ``eval_crop_pct``; training stays at ``image_size``."""
+    from effnet.train import loop
+    seen = {}
+    real = loop.make_datasets
+
+    def spy(data, size, preprocess, *args, **kwargs):
+        train, val, classes = real(data, size, preprocess, *args, **kwargs)
+        seen.update(train_size=size, val_shape=tuple(val[0][0].shape))
+        return train, val, classes
+
+    monkeypatch.setattr(loop, "make_datasets", spy)
+    recipe = RECIPES["finetune"].replace(eval_size_scale=1.5, eval_crop_pct=0.8, head_only_epochs=0)
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        fit("efficientnet_b0", small_set, epochs=1, batch_size=4, image_size=64, recipe=recipe,
+            out=tmp_path / "run", workers=0, progress=False)
+    assert seen == {"train_size": 64, "val_shape": (3, 96, 96)}      # 64 * 1.5
+    pre = effnet.from_pretrained(tmp_path / "run" / "best").config.preprocess
+    assert (pre.input_size, pre.crop_pct) == (96, 0.8)
+    with pytest.raises(ValueError, match="eval_size_scale"):
+        RECIPES["finetune"].replace(eval_size_scale=0)
+    with pytest.raises(ValueError, match="eval_crop_pct"):
+        RECIPES["finetune"].replace(eval_crop_pct=1.5)
+
+
 def _train_cmd(data, out, epochs):
     return EFFNET + ["train", "--model", "efficientnet_b0", "--data", str(data), "--epochs", str(epochs),
                      "--batch-size", "4", "--image-size", "64", "--workers", "1", "--out", str(out), "--seed", "3"]

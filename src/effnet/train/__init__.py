@@ -1,10 +1,10 @@
 """Training and transfer learning with the paper's recipe (see :func:`fit`)."""
 
 from .augment import TrainAugment, train_decode
-from .loop import CheckpointError, FitResult, NonFiniteLossError, fit, load_checkpoint, make_datasets, tf_ema
+from .loop import CheckpointError, FitResult, NonFiniteLossError, check_data, fit, load_checkpoint, make_datasets, tf_ema
 from .optim import RMSpropTF, build_optimizer, lr_factor, param_groups
 from .recipe import RECIPES, Recipe, get_recipe
 
-__all__ = ["fit", "FitResult", "make_datasets", "tf_ema", "Recipe", "RECIPES", "get_recipe", "RMSpropTF",
+__all__ = ["fit", "check_data", "FitResult", "make_datasets", "tf_ema", "Recipe", "RECIPES", "get_recipe", "RMSpropTF",
            "build_optimizer", "lr_factor", "param_groups", "TrainAugment", "train_decode", "CheckpointError",
            "NonFiniteLossError", "load_checkpoint"]

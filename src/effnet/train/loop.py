@@ -115,13 +115,32 @@ def _check_classes(data: Path) -> None:
                              f"only in train/ {only_train}; give both the same classes")
 
 
+def check_data(data: Union[str, Path]) -> List[str]:
+    """The class names of an image folder that can train a classifier (``data/train`` +
+    ``data/val``, or ``data/<class>/``), checked before any training starts.
+
+    Raises:
+        FileNotFoundError: ``data`` is not a folder.
+        ValueError: fewer than 2 classes, an empty class folder, or train/val class folders
+            that differ (all listed).
+    """
+    data = Path(data)
+    if not data.is_dir():
+        raise FileNotFoundError(f"data folder not found: {data}; expected {data}/train/<class>/<image> and "
+                                f"{data}/val/<class>/<image>, or {data}/<class>/<image>")
+    _check_classes(data)
+    split = (data / "train").is_dir() and (data / "val").is_dir()
+    return list(_class_folders(data / "train" if split else data))
+
+
 def make_datasets(data: Union[str, Path], size: int, preprocess: PreprocessConfig, val_split: float = 0.2,
-                  seed: int = 0):
+                  seed: int = 0, val_preprocess: Optional[PreprocessConfig] = None):
     """Train and val datasets from ``data/train`` + ``data/val``, or one folder split with ``seed``.
 
     Returns:
-        ``(train, val, classes)``: train items are uint8 squares for :class:`TrainAugment`;
-        val items go through the eval transform of ``preprocess`` at ``size``.
+        ``(train, val, classes)``: train items are uint8 squares of about ``size / 0.875``
+        pixels for :class:`TrainAugment`; val items go through the eval transform of
+        ``val_preprocess`` (default: ``preprocess`` at ``size``).
 
     Raises:
         FileNotFoundError: ``data`` is missing or holds no images.
@@ -133,7 +152,7 @@ def make_datasets(data: Union[str, Path], size: int, preprocess: PreprocessConfi
         raise FileNotFoundError(f"data folder not found: {data}; expected {data}/train/<class>/<image> and "
                                 f"{data}/val/<class>/<image>, or {data}/<class>/<image>")
     _check_classes(data)
-    val_pre = PreprocessConfig(size, preprocess.crop_pct, preprocess.interpolation, preprocess.mean, preprocess.std)
+    val_pre = val_preprocess or dataclasses.replace(preprocess, input_size=size)
     if (data / "train").is_dir() and (data / "val").is_dir():
         train = ImageDataset.from_folder(data / "train", train_decode(size, preprocess.interpolation))
         val = ImageDataset.from_folder(data / "val", eval_transform(val_pre), classes=train.classes)
@@ -396,6 +415,11 @@ class _State:
         return self.ema.module if self.ema is not None else self.net
 
 
+def _scaled_size(size: int, scale: float) -> int:
+    """``size`` (pixels) itself for ``scale`` 1, else ``size * scale`` rounded to a multiple of 8."""
+    return size if scale == 1 else max(8, int(round(size * scale / 8)) * 8)
+
+
 def _build(model: Union[str, nn.Module], data: Union[str, Path], recipe: Recipe, env: _Env, batch_size: int,
            pretrained: Union[bool, str], weights: Optional[str], image_size: Optional[int], lr: Optional[float],
            channels_last: bool, grad_checkpointing: bool, accumulation_steps: int, sync_bn: bool,
@@ -410,13 +434,16 @@ def _build(model: Union[str, nn.Module], data: Union[str, Path], recipe: Recipe,
     else:
         net = model
     preprocess = net.config.preprocess
-    size = image_size or preprocess.input_size
-    train_set, val_set, classes = make_datasets(data, size, preprocess, val_split, seed)
+    size = image_size or _scaled_size(preprocess.input_size, recipe.train_size_scale)
+    # The run's weights are validated (and later predict) with this: the training resolution
+    # times the recipe's eval_size_scale, and the recipe's crop or the weights' own.
+    val_pre = dataclasses.replace(preprocess, input_size=_scaled_size(size, recipe.eval_size_scale),
+                                  crop_pct=recipe.eval_crop_pct or preprocess.crop_pct)
+    train_set, val_set, classes = make_datasets(data, size, preprocess, val_split, seed, val_pre)
     if net.num_classes != len(classes):
         net.reset_classifier(len(classes))
     net.class_names = list(classes)
-    # The run's weights are evaluated (and later predict) at the training resolution.
-    net.config = dataclasses.replace(net.config, preprocess=dataclasses.replace(preprocess, input_size=size))
+    net.config = dataclasses.replace(net.config, preprocess=val_pre)
     if recipe.zero_init_head and net.num_classes:
         with torch.no_grad():
             net.classifier.weight.zero_()
@@ -639,7 +666,9 @@ def fit(model: Union[str, nn.Module], data: Union[str, Path], epochs: int, batch
         overwrite: delete the run already in ``out`` (``last.pt``, ``best/``, ``metrics.csv``,
             ``curves.png``, ``tb/``) and start again.
         pretrained, weights: as :func:`effnet.create_model` (ignored for a model instance).
-        image_size: training/eval resolution in pixels (default: the model's).
+        image_size: training resolution in pixels (default: the model's times the recipe's
+            ``train_size_scale``). Validation, and the run's saved preprocessing, use
+            ``image_size * recipe.eval_size_scale`` and the recipe's ``eval_crop_pct``.
         lr: peak learning rate (default ``recipe.lr_per_256 * global_batch / 256``); > 0.
         workers: DataLoader processes decoding images (0: in this process).
         seed: seeds data order, augmentation, dropout, and the val split.

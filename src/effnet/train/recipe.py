@@ -40,6 +40,14 @@ class Recipe:
         zero_init_head: start the (new) classifier at zero. The official init,
             uniform(+-1/sqrt(num_classes)), suits 1000 classes from scratch; on a few classes
             over pretrained features it starts with logits in the tens.
+        train_size_scale: training resolution relative to the model's own, rounded to a
+            multiple of 8 pixels, when ``fit`` is given no ``image_size``.
+        eval_size_scale: validation (and the saved model's inference) resolution relative to
+            the training resolution, rounded to a multiple of 8 pixels. Above 1 it corrects the
+            "train-test resolution discrepancy" of Touvron et al. 2019 (FixRes): RandomResizedCrop
+            shows objects larger in training than a center crop does at the same size.
+        eval_crop_pct: the center crop of validation and of the saved model (None: the
+            weights' own ``crop_pct``).
     """
 
     name: str
@@ -62,6 +70,9 @@ class Recipe:
     head_only_epochs: int = 0
     backbone_lr_scale: float = 1.0
     zero_init_head: bool = False
+    train_size_scale: float = 1.0
+    eval_size_scale: float = 1.0
+    eval_crop_pct: Optional[float] = None
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("rmsprop_tf", "sgd", "adamw"):
@@ -70,6 +81,11 @@ class Recipe:
             raise ValueError(f"augment must be autoaugment, randaugment or none, got {self.augment!r}")
         if self.lr_per_256 <= 0 or self.warmup_epochs < 0 or not 0 < self.decay_rate <= 1:
             raise ValueError("lr_per_256 must be > 0, warmup_epochs >= 0 and decay_rate in (0, 1]")
+        for field in ("train_size_scale", "eval_size_scale"):
+            if not 0.25 <= getattr(self, field) <= 4:
+                raise ValueError(f"{field} must be in [0.25, 4], got {getattr(self, field)}")
+        if self.eval_crop_pct is not None and not 0 < self.eval_crop_pct <= 1:
+            raise ValueError(f"eval_crop_pct must be in (0, 1] or None, got {self.eval_crop_pct}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay}")
 
