@@ -472,6 +472,141 @@ def _cmd_cam(args: argparse.Namespace) -> int:
     return 0
 
 
+def _grid(text: str) -> dict:
+    """``alpha=1.0:1.4:0.05,beta=1.0:1.3:0.05,gamma=1.0:1.3:0.05`` -> {name: (start, stop, step)};
+    a name left out keeps its default range, ``alpha=1.2`` is the single value 1.2."""
+    grid = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, spec = part.partition("=")
+        name = name.strip()
+        if name not in ("alpha", "beta", "gamma") or not spec:
+            raise argparse.ArgumentTypeError(f"{part!r}: write alpha=START:STOP:STEP (or beta=, gamma=; "
+                                             f"alpha=1.2 for one value)")
+        try:
+            nums = [float(x) for x in spec.split(":")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r}: START:STOP:STEP must be numbers") from None
+        if len(nums) == 1:
+            nums = [nums[0], nums[0], 1.0]
+        if len(nums) != 3:
+            raise argparse.ArgumentTypeError(f"{part!r}: write {name}=START:STOP:STEP")
+        grid[name] = tuple(nums)
+    return grid
+
+
+def _numbers(text: str) -> tuple:
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated numbers, e.g. 1,1.4,1.8") from None
+    if not values or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated finite numbers")
+    return values
+
+
+def _pair(text: str) -> tuple:
+    values = _numbers(text)
+    if len(values) != 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: give DEPTH,RESOLUTION multipliers, e.g. 2,1.3")
+    return values
+
+
+def _runner_args(args: argparse.Namespace) -> dict:
+    return dict(runner=args.runner, address=args.address, cpus_per_trial=args.cpus_per_trial,
+                gpus_per_trial=args.gpus_per_trial, trials_per_node=args.trials_per_node,
+                time_budget_s=None if args.budget_minutes is None else args.budget_minutes * 60)
+
+
+def _print_trials(rows: list, score: bool) -> None:
+    head = f"{'trial':<20} {'alpha':>5} {'beta':>5} {'gamma':>5} {'factor':>6} {'res':>4} {'params':>9} " \
+           f"{'MACs':>9} {'top-1':>6} {'top-5':>6} {'ms':>7}" + (f" {'score':>6}" if score else "") + "  status"
+    print(head)
+
+    def num(v, fmt):
+        return format(v, fmt) if isinstance(v, (int, float)) else "-"
+
+    for r in rows:
+        print(f"{r['trial']:<20} {num(r['alpha'], '5.2f')} {num(r['beta'], '5.2f')} {num(r['gamma'], '5.2f')} "
+              f"{num(r['flops_factor'], '6.3f')} {r['resolution']:>4} {num(r.get('params'), '9,d')} "
+              f"{r['macs'] / 1e6:8.1f}M {num(r.get('top1'), '6.2f')} {num(r.get('top5'), '6.2f')} "
+              f"{num(r.get('latency_ms'), '7.1f')}" + (f" {num(r.get('score'), '6.2f')}" if score else "")
+              + f"  {r['status']}")
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from .plots import plot_trials
+    from .search import search
+
+    grid = args.grid or {}
+    result = search(args.model, args.data, args.out, epochs=args.epochs, image_size=args.image_size,
+                    batch_size=args.batch_size, target=args.target, tolerance=args.tolerance,
+                    max_trials=args.max_trials, objective=args.objective, recipe=args.recipe, seed=args.seed,
+                    lr=args.lr, workers=args.workers, **{k: grid[k] for k in grid}, **_runner_args(args))
+    print(f"\nranking by {args.objective} ({result.trained} trained now):")
+    _print_trials(result.rows, score=True)
+    if result.winner is not None:
+        w = result.winner
+        print(f"\nwinner: alpha={w['alpha']:g} beta={w['beta']:g} gamma={w['gamma']:g} "
+              f"(alpha*beta^2*gamma^2 = {w['flops_factor']:.3f}), val top-1 {w['top1']:.2f}%")
+        paper = [i for i, r in enumerate(result.rows) if (r["alpha"], r["beta"], r["gamma"]) == (1.2, 1.1, 1.15)]
+        if paper:
+            print(f"the paper's (1.2, 1.1, 1.15) ranks {paper[0] + 1} of {len(result.rows)}")
+        print(f"wrote {result.csv} and {plot_trials(result.csv, Path(args.out) / 'search.png')}")
+    else:
+        print(f"no trial finished; wrote {result.csv}")
+    return 0 if result.winner is not None else 1
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .plots import plot_trials
+    from .search import sweep
+
+    values = {k: v for k, v in (("width", args.width), ("depth", args.depth), ("resolution", args.resolution),
+                                ("compound", args.phi)) if v is not None}
+    dims = [d.strip() for d in args.dims.split(",") if d.strip()]
+    result = sweep(args.model, args.data, args.out, dims=dims, values=values, width_at=args.width_at or (),
+                   max_macs=args.max_macs, epochs=args.epochs, image_size=args.image_size,
+                   batch_size=args.batch_size, recipe=args.recipe, seed=args.seed, lr=args.lr, workers=args.workers,
+                   **_runner_args(args))
+    print(f"\nsweep ({result.trained} trained now):")
+    for r in result.rows:
+        top1 = f"{r['top1']:6.2f}" if isinstance(r.get("top1"), (int, float)) else "     -"
+        print(f"  {r['dim']:<22} w={r['width']:<5g} d={r['depth']:<5g} r={r['resolution']:<4} "
+              f"{r['macs'] / 1e6:9.1f}M MACs  top-1 {top1}  {r['status']}")
+    if result.winner is None:
+        print(f"no trial finished; wrote {result.csv}")
+        return 1
+    print(f"wrote {result.csv} and {plot_trials(result.csv, Path(args.out) / 'sweep.png')}")
+    return 0
+
+
+def _add_trial_args(p: argparse.ArgumentParser) -> None:
+    """Arguments shared by search and sweep: the proxy task, the training budget, the runner."""
+    p.add_argument("--model", required=True, help="the baseline to scale (efficientnet_b0, resnet50, ...)")
+    p.add_argument("--data", required=True, help="the proxy task: train/<class>/ and val/<class>/ (or <class>/)")
+    p.add_argument("--out", required=True, help="study folder: trials/<name>/ run folders, trials.csv, a PNG; "
+                                                "re-run with the same --out to continue")
+    p.add_argument("--epochs", type=POSITIVE, default=10, help="training epochs per trial (default 10)")
+    p.add_argument("--image-size", type=_count(8), default=None,
+                   help="the baseline's resolution in pixels; trials scale it (default: the model's)")
+    p.add_argument("--batch-size", type=POSITIVE, default=32)
+    p.add_argument("--recipe", default="paper", help="training recipe of every trial (default paper)")
+    p.add_argument("--lr", type=_real(0.0), default=None, help="peak learning rate (default: the recipe's rule)")
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0)
+    p.add_argument("--workers", type=NON_NEGATIVE, default=0, help="DataLoader processes per trial (default 0)")
+    p.add_argument("--runner", choices=["auto", "ray", "local"], default="auto",
+                   help="ray: Ray Tune (pip install 'effnet[search]'); local: one after another in process; "
+                        "auto: ray when installed")
+    p.add_argument("--address", default=None, help="Ray cluster to join (default: a local Ray instance)")
+    p.add_argument("--cpus-per-trial", type=POSITIVE, default=None,
+                   help="CPUs (threads) per trial (default: 1 with Ray, all cores in process)")
+    p.add_argument("--gpus-per-trial", type=_real(-1e-9), default=0.0, help="GPUs per trial with Ray (default 0)")
+    p.add_argument("--trials-per-node", type=POSITIVE, default=None,
+                   help="with Ray and no --cpus-per-trial: trials packed per machine")
+    p.add_argument("--budget-minutes", type=_real(0.0), default=None,
+                   help="start no trial after this long; refused up front if one epoch cannot fit")
+
+
 def _cmd_plot(args: argparse.Namespace) -> int:
     from .plots import plot_family, plot_run
 
@@ -579,7 +714,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run folder: last.pt, best/, metrics.csv, tb/, curves.png")
     p.add_argument("--resume", action="store_true", help="continue exactly from OUT/last.pt")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in OUT (else it is refused)")
-    p.add_argument("--image-size", type=POSITIVE, default=None, help="resolution in pixels (default: the model's)")
+    p.add_argument("--image-size", type=POSITIVE, default=None,
+                   help="training resolution in pixels (default: the model's, times the recipe's train_size_scale)")
     p.add_argument("--lr", type=_real(0.0), default=None, help="peak learning rate (default: recipe per 256 images)")
     p.add_argument("--head-only-epochs", type=NON_NEGATIVE, default=None)
     p.add_argument("--augment", default=None, help="autoaugment, randaugment or none")
@@ -639,6 +775,29 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("run_dir", help="the folder given to --out of effnet train, search or sweep")
     q.add_argument("--out", default=None, help="PNG file (default: RUN_DIR/curves.png or RUN_DIR/trials.png)")
     q.set_defaults(func=_cmd_plot)
+
+    p = sub.add_parser("search", help="grid search of alpha, beta, gamma at phi=1 on a proxy task (paper step 1)")
+    _add_trial_args(p)
+    p.add_argument("--grid", type=_grid, default=None,
+                   help="alpha=1.0:1.4:0.05,beta=1.0:1.3:0.05,gamma=1.0:1.3:0.05 (the default; stop included)")
+    p.add_argument("--target", type=_real(0.0), default=2.0, help="FLOPs factor alpha*beta^2*gamma^2 (default 2)")
+    p.add_argument("--tolerance", type=_real(-1e-12), default=0.1, help="|factor - target| allowed (default 0.1)")
+    p.add_argument("--max-trials", type=POSITIVE, default=None, help="keep N candidates spread over the grid")
+    p.add_argument("--objective", choices=["top1", "macs", "latency"], default="top1",
+                   help="rank by top-1, or by the paper's ACC*(X/T)^-0.07 with X the MACs or latency")
+    p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser("sweep", help="scale one dimension at a time, and along phi (paper Figs. 3, 4, 8)")
+    _add_trial_args(p)
+    p.add_argument("--dims", default="width,depth,resolution,compound", help="any of width,depth,resolution,compound")
+    p.add_argument("--width", type=_numbers, default=None, help="width multipliers (default 1,1.4,1.8,2.6,3.8,5)")
+    p.add_argument("--depth", type=_numbers, default=None, help="depth multipliers (default 1,2,3,4,6,8)")
+    p.add_argument("--resolution", type=_numbers, default=None, help="resolution multipliers (default 1,1.3,1.7,2.2,2.5)")
+    p.add_argument("--phi", type=_numbers, default=None, help="compound phi values (default 0,1,2,3,4)")
+    p.add_argument("--width-at", type=_pair, action="append", default=None, metavar="DEPTH,RES",
+                   help="add the width values at this depth and resolution multiplier (Fig. 4); repeatable")
+    p.add_argument("--max-macs", type=_real(0.0), default=None, help="leave out points above this many MACs")
+    p.set_defaults(func=_cmd_sweep)
     return parser
 
 

@@ -37,6 +37,12 @@ __all__ = [
     "estimate_params",
     "estimate_activations",
     "scale_to_budget",
+    "GRID_ALPHA",
+    "GRID_BETA",
+    "GRID_GAMMA",
+    "grid_values",
+    "flops_factor",
+    "candidate_grid",
 ]
 
 # Paper Section 3.3, step 1: grid search under alpha * beta^2 * gamma^2 ~= 2.
@@ -431,3 +437,95 @@ def scale_to_budget(target_macs: float, base: NetworkSpec = EFFICIENTNET_B0,
             hi = mid
     macs, s = macs_at(lo)
     return lo, s, macs
+
+
+# The default search grid of step 1 (issue 13): the paper gives no grid, only its winner
+# (1.2, 1.1, 1.15); these ranges hold it with room on every side. (start, stop, step), stop
+# included.
+GRID_ALPHA = (1.0, 1.4, 0.05)
+GRID_BETA = (1.0, 1.3, 0.05)
+GRID_GAMMA = (1.0, 1.3, 0.05)
+
+
+def grid_values(start: float, stop: float, step: float) -> tuple[float, ...]:
+    """``start, start + step, ..., stop`` (``stop`` included when on the grid), each rounded to
+    9 decimals so that 1.0 + 4 * 0.05 is exactly 1.2.
+
+    Raises:
+        ValueError: a bound not positive and finite, ``stop < start``, or ``step <= 0`` (a
+            single value is ``start == stop``, any step).
+    """
+    start = check_float("grid start", start, 0.0, low_open=True)
+    stop = check_float("grid stop", stop, 0.0, low_open=True)
+    step = check_float("grid step", step, 0.0, low_open=True)
+    if stop < start:
+        raise ValueError(f"grid stop {stop:g} is below its start {start:g}; write start:stop:step with start <= stop")
+    n = int(math.floor((stop - start) / step + 1e-9))
+    if n > 10_000:
+        raise ValueError(f"grid {start:g}:{stop:g}:{step:g} has {n + 1} values; use a larger step")
+    return tuple(round(start + i * step, 9) for i in range(n + 1))
+
+
+def flops_factor(alpha: float, beta: float, gamma: float) -> float:
+    """``alpha * beta**2 * gamma**2``: how much FLOPs grow per unit of ``phi`` (paper Eq. 3:
+    FLOPs scale linearly with depth and quadratically with width and resolution)."""
+    return alpha * beta ** 2 * gamma ** 2
+
+
+def _spread(points: list[tuple[float, float, float]], n: int, first: int) -> list[tuple[float, float, float]]:
+    """``n`` of ``points`` spread over them: farthest-point sampling from ``points[first]``,
+    distances measured in units of each axis's range (ties go to the earlier point)."""
+    lows = [min(p[i] for p in points) for i in range(3)]
+    spans = [max(p[i] for p in points) - lows[i] or 1.0 for i in range(3)]
+    unit = [tuple((p[i] - lows[i]) / spans[i] for i in range(3)) for p in points]
+    chosen = [first]
+    nearest = [math.dist(u, unit[first]) for u in unit]
+    while len(chosen) < n:
+        best = max(range(len(points)), key=lambda j: (nearest[j], -j))
+        chosen.append(best)
+        nearest = [min(d, math.dist(u, unit[best])) for d, u in zip(nearest, unit)]
+    return [points[j] for j in sorted(chosen)]
+
+
+def candidate_grid(alpha: tuple[float, float, float] = GRID_ALPHA, beta: tuple[float, float, float] = GRID_BETA,
+                   gamma: tuple[float, float, float] = GRID_GAMMA, target: float = 2.0, tolerance: float = 0.1,
+                   max_trials: Optional[int] = None) -> list[tuple[float, float, float]]:
+    """The (alpha, beta, gamma) candidates of the grid search of paper Section 3.3, step 1.
+
+    Every point of the ``alpha x beta x gamma`` grid (each a ``(start, stop, step)`` triple,
+    stop included) whose :func:`flops_factor` is within ``tolerance`` of ``target``
+    (``|alpha * beta**2 * gamma**2 - target| <= tolerance``): at ``phi = 1`` each scales the
+    baseline's FLOPs by about ``target``.
+
+    Args:
+        max_trials: keep only this many, spread over the candidates by farthest-point
+            sampling (each axis normalised to its range), starting from the paper's
+            (1.2, 1.1, 1.15) when it is a candidate, else from the one nearest ``target``.
+
+    Returns:
+        Sorted ``(alpha, beta, gamma)`` tuples (floats rounded to 9 decimals).
+
+    Raises:
+        ValueError: a malformed range, ``target``/``tolerance`` not positive, ``max_trials``
+            below 1, or no grid point within the tolerance (the message gives the closest
+            point and its product, and the tolerance that would admit it).
+    """
+    target = check_float("target", target, 0.0, low_open=True)
+    tolerance = check_float("tolerance", tolerance, 0.0)
+    if max_trials is not None:
+        max_trials = check_int("max_trials", max_trials, 1)
+    axes = [grid_values(*r) for r in (alpha, beta, gamma)]
+    points = [(a, b, g) for a in axes[0] for b in axes[1] for g in axes[2]]
+    inside = [p for p in points if abs(flops_factor(*p) - target) <= tolerance + 1e-12]
+    if not inside:
+        a, b, g = min(points, key=lambda p: abs(flops_factor(*p) - target))
+        gap = abs(flops_factor(a, b, g) - target)
+        raise ValueError(f"no grid point has alpha * beta^2 * gamma^2 within {tolerance:g} of {target:g}: the "
+                         f"closest is alpha={a:g}, beta={b:g}, gamma={g:g} with {flops_factor(a, b, g):.4f} "
+                         f"(off by {gap:.4f}); widen the grid or use a tolerance of at least {gap:.3f}")
+    if max_trials is None or max_trials >= len(inside):
+        return inside
+    paper = (PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA)
+    first = inside.index(paper) if paper in inside else min(
+        range(len(inside)), key=lambda j: abs(flops_factor(*inside[j]) - target))
+    return _spread(inside, max_trials, first)

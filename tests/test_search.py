@@ -1,0 +1,212 @@
+"""The alpha/beta/gamma grid search and the sweeps: the grid against Eq. 3, and tiny real
+searches on flowers12 photos, in process and on Ray Tune, killed and continued."""
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from PIL import Image
+
+from effnet import search as S
+from effnet.scaling import candidate_grid, flops_factor, grid_values
+
+EFFNET = [sys.executable, "-m", "effnet.cli"]
+TINY = ["--epochs", "1", "--image-size", "32", "--batch-size", "4", "--workers", "0"]
+
+
+@pytest.fixture()
+def proxy(tmp_path, data):
+    """2 flower species from flowers12, 4 train and 2 val photos each."""
+    src = data / "proxy" / "flowers12"
+    for split, n in (("train", 4), ("val", 2)):
+        for cls in ("daisy", "sunflower"):
+            (tmp_path / "proxy" / split / cls).mkdir(parents=True)
+            for f in sorted((src / split / cls).iterdir())[:n]:
+                shutil.copy(f, tmp_path / "proxy" / split / cls / f.name)
+    return tmp_path / "proxy"
+
+
+def _rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_grid_values_are_exact_and_inclusive():
+    assert grid_values(1.0, 1.4, 0.05) == (1.0, 1.05, 1.1, 1.15, 1.2, 1.25, 1.3, 1.35, 1.4)
+    assert grid_values(1.2, 1.2, 1.0) == (1.2,)
+    with pytest.raises(ValueError, match="below its start"):
+        grid_values(1.4, 1.0, 0.05)
+
+
+def test_candidate_grid_keeps_eq3_products_within_tolerance():
+    grid = candidate_grid()                                     # the default grid, target 2, tolerance 0.1
+    assert (1.2, 1.1, 1.15) in grid                             # the paper's winner is a candidate
+    assert all(abs(flops_factor(*c) - 2) <= 0.1 + 1e-12 for c in grid)
+    everything = [(a, b, g) for a in grid_values(1.0, 1.4, 0.05) for b in grid_values(1.0, 1.3, 0.05)
+                  for g in grid_values(1.0, 1.3, 0.05)]
+    assert len(grid) == sum(abs(flops_factor(*c) - 2) <= 0.1 + 1e-12 for c in everything)
+    spread = candidate_grid(max_trials=6)
+    assert len(spread) == 6 and set(spread) <= set(grid) and (1.2, 1.1, 1.15) in spread
+    # spread over the grid: the six span the alpha and beta ranges of the candidates
+    assert {min(c[0] for c in spread), max(c[0] for c in spread)} == {min(c[0] for c in grid), max(c[0] for c in grid)}
+
+
+def test_grid_without_candidates_names_the_closest_product():
+    with pytest.raises(ValueError, match=r"closest is alpha=1, beta=1, gamma=1.1 with 1.2100"):
+        candidate_grid(alpha=(1.0, 1.0, 0.1), beta=(1.0, 1.0, 0.1), gamma=(1.0, 1.1, 0.05))
+
+
+def test_paper_reward_scores():
+    rows = [{"status": "done", "top1": 80.0, "macs": 100, "latency_ms": 2.0},
+            {"status": "done", "top1": 80.0, "macs": 400, "latency_ms": 8.0},
+            {"status": "done", "top1": 80.0, "macs": 200, "latency_ms": 4.0},
+            {"status": "failed: x", "top1": None, "macs": 50, "latency_ms": None}]
+    top1 = S.objective_scores(rows, "top1")
+    macs = S.objective_scores(rows, "macs")                       # T = median MACs = 200
+    assert top1 == [80.0, 80.0, 80.0, None]
+    assert macs[2] == pytest.approx(80.0) and macs[0] == pytest.approx(80.0 * 0.5 ** -0.07)
+    assert macs[1] == pytest.approx(80.0 * 2 ** -0.07) and macs[3] is None
+    assert S.objective_scores(rows, "latency")[:3] == pytest.approx(macs[:3])
+    with pytest.raises(ValueError, match="objective"):
+        S.objective_scores(rows, "speed")
+
+
+def test_sweep_trials_follow_fig3_and_share_the_baseline():
+    trials = S.sweep_trials("efficientnet_b0", 64, max_macs=1e8, num_classes=2)
+    dims = {t.dim for t in trials}
+    assert dims == {"width", "depth", "resolution", "compound"}
+    baseline = [t for t in trials if (t.width, t.depth, t.resolution) == (1.0, 1.0, 64)]
+    assert len(baseline) == 4 and len({t.name for t in baseline}) == 1      # one network, trained once
+    assert all(S.trial_macs("efficientnet_b0", t, 2) <= 1e8 for t in trials)
+    with pytest.raises(ValueError, match="cheapest"):
+        S.sweep_trials("efficientnet_b0", 64, max_macs=1e3)
+    with pytest.raises(ValueError, match="unknown sweep dimension"):
+        S.sweep_trials("efficientnet_b0", 64, dims=("height",))
+
+
+def _check_study(out, image, kind):
+    rows = _rows(out / "trials.csv")
+    assert list(rows[0]) == S.TRIAL_COLUMNS + (["score"] if kind == "search" else [])
+    assert all(r["status"] == "done" for r in rows)
+    for r in rows:
+        assert 0 <= float(r["top1"]) <= 100 and int(r["params"]) > 0 and int(r["macs"]) > 0
+        assert float(r["latency_ms"]) > 0 and float(r["seconds"]) > 0
+    with Image.open(out / image) as im:
+        assert im.format == "PNG" and im.size[0] > 100
+    return rows
+
+
+def test_search_in_process_writes_trials_and_plot(proxy, tmp_path):
+    out = tmp_path / "search"
+    cmd = EFFNET + ["search", "--model", "efficientnet_b0", "--data", str(proxy), "--out", str(out), "--runner",
+                    "local", "--max-trials", "2"] + TINY
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = _check_study(out, "search.png", "search")
+    assert len(rows) == 2
+    for row in rows:
+        assert abs(float(row["alpha"]) * float(row["beta"]) ** 2 * float(row["gamma"]) ** 2 - 2) <= 0.1
+        assert float(row["flops_factor"]) == pytest.approx(flops_factor(float(row["alpha"]), float(row["beta"]),
+                                                                        float(row["gamma"])))
+        assert int(row["resolution"]) % 8 == 0
+    assert [float(x["score"]) for x in rows] == sorted((float(x["score"]) for x in rows), reverse=True)
+    assert "winner: alpha=" in r.stdout and "the paper's (1.2, 1.1, 1.15) ranks" in r.stdout
+    # a second run trains nothing and gives the same table
+    again = subprocess.run(cmd, capture_output=True, text=True)
+    assert again.returncode == 0 and "2 of 2 networks already trained; training 0" in again.stdout
+    assert _rows(out / "trials.csv") == rows
+
+
+def test_killed_search_trains_only_the_rest(proxy, tmp_path):
+    out = tmp_path / "search"
+    cmd = EFFNET + ["search", "--model", "efficientnet_b0", "--data", str(proxy), "--out", str(out), "--runner",
+                    "local", "--max-trials", "3", "--epochs", "2", "--image-size", "32", "--batch-size", "4"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    first = second = None
+    while proc.poll() is None and time.time() < deadline:            # kill once the first trial is done
+        done = sorted(out.glob("trials/*/result.json"))                 # and the next has its first epoch
+        if done:
+            first = done[0]
+            started = [p for p in out.glob("trials/*/last.pt") if p.parent != first.parent]
+            if started:
+                second = started[0].parent
+                break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert first is not None and second is not None, "the search did not reach its second trial"
+    assert not (second / "result.json").exists()
+    before = first.read_bytes(), first.stat().st_mtime_ns, (first.parent / "metrics.csv").read_bytes()
+
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "1 of 3 networks already trained; training 2" in r.stdout
+    assert "resumed from" in r.stdout                                   # the half-finished trial
+    assert (first.read_bytes(), first.stat().st_mtime_ns, (first.parent / "metrics.csv").read_bytes()) == before
+    assert [int(x["epoch"]) for x in _rows(second / "metrics.csv")] == [1, 2]
+    assert len(_rows(out / "trials.csv")) == 3
+
+
+def test_search_on_ray_tune(proxy, tmp_path):
+    import ray  # noqa: F401  (the search extra is part of the test extras: this path runs in CI)
+
+    out = tmp_path / "search"
+    r = subprocess.run(EFFNET + ["search", "--model", "efficientnet_b0", "--data", str(proxy), "--out", str(out),
+                                 "--runner", "ray", "--max-trials", "2", "--cpus-per-trial", "1"] + TINY,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "(ray, 1 CPU(s) per trial)" in r.stdout
+    rows = _check_study(out, "search.png", "search")
+    assert len(rows) == 2
+    assert (out / "ray" / "trials").is_dir()                            # Ray Tune's own experiment folder
+
+
+def test_sweep_two_points(proxy, tmp_path):
+    out = tmp_path / "sweep"
+    r = subprocess.run(EFFNET + ["sweep", "--model", "efficientnet_b0", "--data", str(proxy), "--out", str(out),
+                                 "--runner", "local", "--dims", "width", "--width", "1,1.4"] + TINY,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = _check_study(out, "sweep.png", "sweep")
+    assert [(r["dim"], float(r["width"]), int(r["resolution"])) for r in rows] == [("width", 1.0, 32),
+                                                                                   ("width", 1.4, 32)]
+    assert int(rows[1]["macs"]) > int(rows[0]["macs"])
+
+
+def _fail(args, proxy, tmp_path):
+    r = subprocess.run(EFFNET + args, capture_output=True, text=True)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    return r.stderr
+
+
+def test_bad_searches_are_refused(proxy, tmp_path):
+    base = ["search", "--model", "efficientnet_b0", "--runner", "local"] + TINY
+    err = _fail(base + ["--data", str(proxy), "--out", str(tmp_path / "a"), "--grid",
+                        "alpha=1.0:1.05:0.05,beta=1.0:1.0:0.1,gamma=1.0:1.0:0.1"], proxy, tmp_path)
+    assert "closest is alpha=1.05, beta=1, gamma=1 with 1.0500" in err
+
+    one = tmp_path / "one"
+    shutil.copytree(proxy / "train" / "daisy", one / "daisy")
+    err = _fail(base + ["--data", str(one), "--out", str(tmp_path / "b")], proxy, tmp_path)
+    assert "at least 2 classes" in err
+
+    err = _fail(base + ["--data", str(proxy), "--out", str(tmp_path / "c"), "--budget-minutes", "0.00001"],
+                proxy, tmp_path)
+    assert "cannot finish one epoch" in err and not list((tmp_path / "c").glob("trials/*/last.pt"))
+
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / "study.json").write_text(json.dumps({**json.loads(json.dumps({"kind": "search"})),
+                                                "grid": {"alpha": [1.0, 1.2, 0.1], "beta": [1.0, 1.3, 0.05],
+                                                         "gamma": [1.0, 1.3, 0.05]}}))
+    err = _fail(base + ["--data", str(proxy), "--out", str(out)], proxy, tmp_path)
+    assert "holds another search's results" in err and "grid:" in err and "[1.0, 1.2, 0.1]" in err
