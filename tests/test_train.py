@@ -57,6 +57,8 @@ def test_paper_recipe_constants():
     assert r.augment == "autoaugment"
     f = RECIPES["finetune"]
     assert f.freeze_bn and f.head_only_epochs >= 1 and f.ema_decay is None and f.lr_per_256 < 0.1
+    # fine-tuned above the pretraining size, evaluated with the official Lite 0.875 crop
+    assert (f.train_size_scale, f.eval_size_scale, f.eval_crop_pct) == (1.3, 1.0, 0.875)
 
 
 def test_no_weight_decay_on_batchnorm_and_biases():
@@ -127,7 +129,8 @@ def test_finetune_skips_corrupt_images_and_writes_the_run(small_set, tmp_path, d
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2] and all(r["skipped"] == "1" for r in rows)
     best = effnet.from_pretrained(run / "best")
-    assert best.class_names == ["ants", "bees"] and best.config.preprocess.input_size == 96
+    assert best.class_names == ["ants", "bees"]
+    assert (best.config.preprocess.input_size, best.config.preprocess.crop_pct) == (96, 0.875)
 
 
 def test_eval_resolution_and_crop_follow_the_recipe(small_set, tmp_path, monkeypatch):

@@ -105,10 +105,16 @@ RECIPES = {
     # convs, which batch statistics would undo), a short schedule with no warmup, no EMA.
     # Measured from the ImageNet Lite0 (benchmarks/README.md): training BatchNorm gains about
     # one photo on ants/bees but loses 7.5 points on flowers12, so it stays frozen.
+    # Resolution: fine-tune 1.3x above the pretraining resolution (288 px for Lite0) and
+    # evaluate there with the official 0.875 center crop, as BiT's HyperRule (Kolesnikov et
+    # al. 2020) and FixRes (Touvron et al. 2019) fine-tune above the training size: the eval
+    # crop policy and the resolution, not the learning rates, were what held ants/bees under
+    # 96% (96.73 / 96.73 / 96.08 on seeds 0-2, against 95.42 / 94.77 / 95.42 before).
     "finetune": Recipe("finetune", optimizer="sgd", lr_per_256=0.08, warmup_epochs=0.0, decay_rate=0.7,
                        decay_epochs=1.0, weight_decay=1e-5, label_smoothing=0.1, ema_decay=None,
                        drop_path_rate=0.1, augment="randaugment", crop_scale=(0.25, 1.0), freeze_bn=True,
-                       head_only_epochs=1, backbone_lr_scale=0.1, zero_init_head=True),
+                       head_only_epochs=1, backbone_lr_scale=0.1, zero_init_head=True,
+                       train_size_scale=1.3, eval_crop_pct=0.875),
 }
 
 
