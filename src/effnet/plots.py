@@ -224,7 +224,7 @@ _DIM_COLUMNS = ("dim", "dimension")
 
 def plot_trials(csv_path: PathLike, out_png: PathLike, title: Optional[str] = None) -> Path:
     """Top-1 against MACs of a search or sweep's ``trials.csv`` (paper Figs. 3 and 8 style),
-    the best trial marked.
+    the best trial marked (by the ``score`` column of a search when present, else top-1).
 
     Rows whose ``top1`` and ``macs`` are not both numbers (failed or unfinished trials) are
     left out. With a ``dim`` (or ``dimension``) column, as a sweep writes, each dimension
@@ -265,7 +265,9 @@ def plot_trials(csv_path: PathLike, out_png: PathLike, title: Optional[str] = No
         pts = sorted(pts, key=lambda r: _number(r["macs"]))
         xs, ys = [_number(r["macs"]) / unit for r in pts], [_number(r["top1"]) for r in pts]
         ax.plot(xs, ys, marker="o", linestyle="-" if dim else "none", label=label if dim else f"{len(pts)} trials")
-    best = max(trials, key=lambda r: _number(r["top1"]))
+    # a search ranks by its objective (the score column); otherwise the best top-1
+    key = "score" if all(_number(r.get("score")) is not None for r in trials) else "top1"
+    best = max(trials, key=lambda r: _number(r[key]))
     bx, by = _number(best["macs"]) / unit, _number(best["top1"])
     ax.plot([bx], [by], marker="o", markersize=14, markerfacecolor="none", markeredgecolor="red",
             linestyle="none", label="best")

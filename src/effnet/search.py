@@ -336,7 +336,10 @@ def run_trials(trials: Sequence[Trial], settings: TrialSettings, out: Union[str,
             ``auto`` (``ray`` when installed).
         trials_per_node: with Ray and no ``cpus_per_trial``, pack this many trials on a
             machine of this one's core count.
-        time_budget_s: start no trial after this many seconds (running ones finish).
+        time_budget_s: start no trial after this many seconds; in process the running trial
+            finishes, on Ray (``TuneConfig.time_budget_s``) running trials are stopped too and
+            resume from their ``last.pt`` next time. Refused up front when one epoch of the
+            largest pending trial is estimated (:func:`epoch_seconds`) to take longer.
 
     Returns:
         ``(rows, trained)``: one :data:`TRIAL_COLUMNS` dict per trial (a trial not started
@@ -345,7 +348,7 @@ def run_trials(trials: Sequence[Trial], settings: TrialSettings, out: Union[str,
     Raises:
         ValueError: an unknown runner, or ``ray`` asked for but not installed.
     """
-    out = Path(out)
+    out = Path(out).resolve()          # Ray runs each trial in a folder of its own: paths must be absolute
     if runner == "auto":
         runner = "ray" if ray_available() else "local"
     if runner not in ("ray", "local"):
