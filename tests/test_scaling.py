@@ -165,6 +165,29 @@ def test_table_3_rows_that_no_convention_reproduces():
     assert _flop_counter_macs("resnet50", scaling=Scaling(width=2.0))[0] / 1e9 == pytest.approx(16.117, abs=1e-3)
 
 
+# Paper Table 7 (the B0 models of Fig. 7): baseline 0.4B, depth 4 1.8B, width 2 1.8B,
+# resolution 2 1.9B, compound d 1.4 w 1.2 r 1.3 1.8B. Resolution 2 alone cannot be 4.75x the
+# baseline when every conv's MACs scale with H x W (at most 4x, the classifier not at all),
+# so the table used another count; effnet reports its own (benchmarks/README.md).
+TABLE_7 = [
+    (dict(), 0.386),
+    (dict(scaling=Scaling(depth=4.0)), 1.575),
+    (dict(scaling=Scaling(width=2.0)), 1.450),
+    (dict(scaling=Scaling(resolution=2.0)), 1.538),                      # 448 px
+    (dict(scaling=Scaling(width=1.2, depth=1.4, resolution=1.3)), 1.589),  # 291 -> 288 px
+]
+
+
+@pytest.mark.parametrize("scaling, effnet_gmacs", TABLE_7)
+def test_table_7_b0_rows_as_effnet_counts_them(scaling, effnet_gmacs):
+    macs, model = _flop_counter_macs("efficientnet_b0", **scaling)
+    assert macs / 1e9 == pytest.approx(effnet_gmacs, abs=1e-3)
+    assert estimate_macs(model.config.network, model.config.input_size) == macs
+    if scaling.get("scaling") == Scaling(resolution=2.0):
+        base = _flop_counter_macs("efficientnet_b0")[0]
+        assert 3.9 < macs / base <= 4.0      # the paper's 1.9B / 0.4B = 4.75 is not this count
+
+
 def test_depth_rounds_up_per_stage():
     # ceil per stage (official round_repeats): MobileNetV2 at d = 1.4 has 2+3+5+6+5+5+2 blocks.
     net = scale_network(MOBILENET_V2, Scaling(depth=1.4))
