@@ -264,7 +264,12 @@ def plot_trials(csv_path: PathLike, out_png: PathLike, title: Optional[str] = No
     for label, pts in groups.items():
         pts = sorted(pts, key=lambda r: _number(r["macs"]))
         xs, ys = [_number(r["macs"]) / unit for r in pts], [_number(r["top1"]) for r in pts]
-        ax.plot(xs, ys, marker="o", linestyle="-" if dim else "none", label=label if dim else f"{len(pts)} trials")
+        curve = dim is not None and label != "search"    # a sweep's dimension is a curve; a search's grid is not
+        ax.plot(xs, ys, marker="o", linestyle="-" if curve else "none",
+                label=label if curve else f"{len(pts)} candidates" if label == "search" else f"{len(pts)} trials")
+        if not curve:
+            for r, x, y in zip(pts, xs, ys):
+                ax.annotate(r.get("trial", ""), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     # a search ranks by its objective (the score column); otherwise the best top-1
     key = "score" if all(_number(r.get("score")) is not None for r in trials) else "top1"
     best = max(trials, key=lambda r: _number(r[key]))
