@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,17 @@ def data() -> Path:
     if not (d / "SOURCES.md").is_file():
         pytest.fail(f"shared data not found at {d.resolve()}; set EFFNET_DATA to the shared/data folder")
     return d
+
+
+def copy_subset(src: Path, dst: Path, classes: tuple, per_split: dict) -> Path:
+    """Copy the first ``per_split[split]`` photos (sorted by name) of each class of the
+    ``src/<split>/<class>/`` folders into ``dst/<split>/<class>/``; returns ``dst``."""
+    for split, n in per_split.items():
+        for cls in classes:
+            (dst / split / cls).mkdir(parents=True)
+            for f in sorted((src / split / cls).iterdir())[:n]:
+                shutil.copy(f, dst / split / cls / f.name)
+    return dst
 
 
 def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

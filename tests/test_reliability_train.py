@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import copy_subset
 
 from effnet.train import RECIPES, CheckpointError, NonFiniteLossError, fit, load_checkpoint
 
@@ -22,13 +23,7 @@ FAST = dict(batch_size=4, image_size=32, recipe="paper", workers=0, progress=Fal
 
 
 def _make_set(root: Path, data: Path) -> Path:
-    src = data / "finetune" / "hymenoptera_data"
-    for split, n in (("train", 4), ("val", 2)):
-        for cls in ("ants", "bees"):
-            (root / split / cls).mkdir(parents=True)
-            for f in sorted((src / split / cls).iterdir())[:n]:
-                shutil.copy(f, root / split / cls / f.name)
-    return root
+    return copy_subset(data / "finetune" / "hymenoptera_data", root, ("ants", "bees"), {"train": 4, "val": 2})
 
 
 def _digest(folder: Path) -> dict:

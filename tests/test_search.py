@@ -12,6 +12,7 @@ import time
 
 import pytest
 from PIL import Image
+from conftest import copy_subset
 
 from effnet import search as S
 from effnet.scaling import candidate_grid, flops_factor, grid_values
@@ -23,13 +24,8 @@ TINY = ["--epochs", "1", "--image-size", "32", "--batch-size", "4", "--workers",
 @pytest.fixture()
 def proxy(tmp_path, data):
     """2 flower species from flowers12, 4 train and 2 val photos each."""
-    src = data / "proxy" / "flowers12"
-    for split, n in (("train", 4), ("val", 2)):
-        for cls in ("daisy", "sunflower"):
-            (tmp_path / "proxy" / split / cls).mkdir(parents=True)
-            for f in sorted((src / split / cls).iterdir())[:n]:
-                shutil.copy(f, tmp_path / "proxy" / split / cls / f.name)
-    return tmp_path / "proxy"
+    return copy_subset(data / "proxy" / "flowers12", tmp_path / "proxy", ("daisy", "sunflower"),
+                       {"train": 4, "val": 2})
 
 
 def _rows(path):

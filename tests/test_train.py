@@ -3,7 +3,6 @@
 import csv
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch.optim.swa_utils import AveragedModel
+from conftest import copy_subset
 
 import effnet
 from effnet.train import RECIPES, RMSpropTF, fit, lr_factor, param_groups, tf_ema
@@ -106,12 +106,7 @@ def test_from_scratch_b0_training_loss_falls(data):
 @pytest.fixture()
 def small_set(tmp_path, data):
     """8 train and 4 val photos per class, and one corrupt file in train/bees."""
-    src = data / "finetune" / "hymenoptera_data"
-    for split, n in (("train", 8), ("val", 4)):
-        for cls in ("ants", "bees"):
-            (tmp_path / "set" / split / cls).mkdir(parents=True)
-            for f in sorted((src / split / cls).iterdir())[:n]:
-                shutil.copy(f, tmp_path / "set" / split / cls / f.name)
+    copy_subset(data / "finetune" / "hymenoptera_data", tmp_path / "set", ("ants", "bees"), {"train": 8, "val": 4})
     (tmp_path / "set" / "train" / "bees" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     return tmp_path / "set"
 
