@@ -60,3 +60,27 @@ def tiny_fs(tmp_path):
         pytest.skip("cannot mount a tmpfs here (not root); the monkeypatched ENOSPC tests cover the writer")
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def realistic_model(name: str, **kwargs) -> torch.nn.Module:
+    """``name`` in eval mode with BatchNorm doing real work, for export and folding checks.
+
+    EfficientNetV2 loads the shared oracle weights (timm's tf_efficientnetv2_b0 with BatchNorm
+    statistics of real photos): at the official init with random BatchNorm its deep residual
+    stages grow the logits into the thousands, where float32 rounding alone exceeds 1e-4.
+    Other models get :func:`randomize_bn`.
+    """
+    import warnings
+
+    if "efficientnetv2_b0" in name:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)      # TF-trained file in a symmetric model
+            return effnet_create(name, weights=data_dir() / "reference-scaling" /
+                                 "timm_tf_efficientnetv2_b0.safetensors", **kwargs).eval()
+    return randomize_bn(effnet_create(name, **kwargs)).eval()
+
+
+def effnet_create(name: str, **kwargs) -> torch.nn.Module:
+    import effnet
+
+    return effnet.create_model(name, **kwargs)

@@ -13,7 +13,9 @@ def test_models_table(capsys, tmp_path, monkeypatch):
     rows = {line.split()[0]: line for line in out[1:]}
     assert rows["efficientnet_b0"].split()[1:6] == ["EfficientNet", "yes", "5.29", "0.386", "224"]
     assert rows["efficientnet_b0"].endswith("timm: downloadable, torchvision: downloadable")
-    assert set(rows) == {"efficientnet_b0", "tf_efficientnet_b0"}
+    assert set(rows) == {"efficientnet_b0", "tf_efficientnet_b0", "efficientnetv2_b0", "tf_efficientnetv2_b0"}
+    assert rows["tf_efficientnetv2_b0"].split()[1:6] == ["EfficientNetV2", "yes", "7.14", "0.718", "224"]
+    assert rows["tf_efficientnetv2_b0"].endswith("timm: downloadable")
 
 
 def test_info_lists_scaled_stages(capsys):

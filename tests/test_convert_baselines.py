@@ -190,7 +190,8 @@ def test_wrong_layout_gives_a_clear_error(tmp_path, data, references):
     msg = str(e.value)
     assert "torchvision_mobilenet_v2.pth do not fit the model" in msg
     assert "missing" in msg and "stages.0.0.reduce.conv.weight" in msg
-    assert "Check that the model name matches the weights" in msg
+    assert ("The file holds a MobileNet or EfficientNet-Lite network but the model (resnet50) is a ResNet: "
+            "load it into a mobilenetv1/v2 or *efficientnet_lite* model") in msg
 
     sd, _ = _resnet50_layout(effnet.create_model("resnet50"))
     save_file(sd, str(tmp_path / "r50.safetensors"))

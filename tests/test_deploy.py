@@ -10,41 +10,42 @@ from effnet.cli import main
 from effnet.data import eval_transform, load_image
 from effnet.scaling import estimate_macs
 
-from conftest import randomize_bn
+from conftest import randomize_bn, realistic_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 
 
-@pytest.mark.parametrize("name", ["efficientnet_b0", "tf_efficientnet_lite0"])
+@pytest.mark.parametrize("name", ["efficientnet_b0", "tf_efficientnet_lite0", "tf_efficientnetv2_b0"])
 def test_bn_folding_is_exact(name):
     torch.manual_seed(0)
-    model = randomize_bn(effnet.create_model(name)).eval()
+    model = realistic_model(name)
     x = torch.randn(2, 3, 97, 131)
     # In float64 the fold is exact: what remains is rounding far below any tolerance.
-    m64 = randomize_bn(effnet.create_model(name)).eval().double()
+    m64 = realistic_model(name).double()
     with torch.no_grad():
         diff64 = (deploy.fold_bn(m64)(x.double()) - m64(x.double())).abs().max().item()
-    assert diff64 < 1e-10, diff64
-    # In float32 the folded model agrees within 1e-5 relative to the logits' scale.
+    assert diff64 < 1e-10 * max(1.0, m64(x.double()).abs().max().item()), diff64
+    # In float32 the folded model agrees within 5e-5 relative to the logits' scale (V1 B0
+    # ~5e-6; V2-B0's longer reductions of its full 3x3 convs ~1.1e-5, measured).
     folded = deploy.fold_bn(model)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     with torch.no_grad():
         ref = model(x)
         diff = (folded(x) - ref).abs().max().item()
-    assert diff < 1e-5 * max(1.0, ref.abs().max().item()), diff
+    assert diff < 5e-5 * max(1.0, ref.abs().max().item()), diff
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())    # the original is untouched
 
 
-@pytest.mark.parametrize("name", ["efficientnet_b0", "efficientnet_lite0"])
+@pytest.mark.parametrize("name", ["efficientnet_b0", "efficientnet_lite0", "efficientnetv2_b0"])
 def test_onnx_export_matches_eager(name, tmp_path):
     torch.manual_seed(0)
-    model = randomize_bn(effnet.create_model(name)).eval()
+    model = realistic_model(name)
     path = deploy.export_onnx(model, tmp_path / f"{name}.onnx", input_size=224)   # verifies internally too
     x = torch.randn(3, 3, 224, 224)                                               # another batch size
     with torch.no_grad():
         ref = model(x).numpy()
     out = deploy.OnnxModel(path, threads=2)(x)
-    assert ref.std() > 0.1 and np.abs(out - ref).max() < 1e-4
+    assert ref.std() > 0.1 and np.abs(out - ref).max() < 1e-4 * max(1.0, np.abs(ref).max())
 
 
 @pytest.mark.parametrize("name", ["efficientnet_b0", "efficientnet_lite0"])
@@ -207,9 +208,10 @@ def test_export_cli_onnx_and_torchscript(tmp_path, capsys, data):
     np.testing.assert_allclose(onnx(x), out, atol=1e-4)
 
 
-def test_bench_prints_a_table_at_tiny_size(capsys):
+@pytest.mark.parametrize("name", ["efficientnet_b0", "efficientnetv2_b0"])
+def test_bench_prints_a_table_at_tiny_size(name, capsys):
     engines = ["eager", "channels_last", "onnx", "openvino"]
-    argv = ["bench", "--model", "efficientnet_b0", "--resolution", "64", "--batch-sizes", "1,2",
+    argv = ["bench", "--model", name, "--resolution", "64", "--batch-sizes", "1,2",
             "--engines", ",".join(engines), "--iters", "3"]
     assert main(argv) == 0
     out = capsys.readouterr().out.splitlines()
@@ -218,7 +220,7 @@ def test_bench_prints_a_table_at_tiny_size(capsys):
     for r in table:     # engine, latency, p90, x first, batch, images/s, x first, peak MB, MACs (G), GFLOP/s
         lat, p90, batch, thr = float(r[1]), float(r[2]), int(r[4]), float(r[5])
         assert 0 < lat <= p90 and batch == 2 and thr > 0
-        assert float(r[8]) == round(estimate_macs(effnet.get_config("efficientnet_b0").network, 64) / 1e9, 3)
+        assert float(r[8]) == round(estimate_macs(effnet.get_config(name).network, 64) / 1e9, 3)
         assert abs(float(r[9]) - 2 * float(r[8]) * thr) < 0.06 + 0.01 * float(r[9])    # GFLOP/s = 2 MACs x images/s
     assert table[0][3] == table[0][6] == "1.00"
 

@@ -49,6 +49,7 @@ __all__ = [
     "resize_shorter_side",
     "center_crop",
     "resize_center_crop",
+    "squash_center_crop",
     "to_tensor",
     "ResizeCropTransform",
     "eval_transform",
@@ -398,6 +399,21 @@ def to_tensor(img: Image.Image, mean: tuple[float, ...], std: tuple[float, ...])
     return (x - m) / s
 
 
+def squash_center_crop(img: Image.Image, resize_size: int, crop_size: int,
+                       interpolation: str = "bicubic") -> Image.Image:
+    """Resize to ``resize_size`` x ``resize_size`` ignoring the aspect ratio, then take the
+    central ``crop_size`` square (timm's ``crop_mode='squash'``: ``Resize((s, s))`` then
+    ``CenterCrop``). Nothing larger than ``resize_size`` squared is allocated.
+
+    Raises:
+        ValueError: unknown interpolation, or ``crop_size`` above ``resize_size``.
+    """
+    _check_interpolation(interpolation)
+    if crop_size > resize_size:
+        raise ValueError(f"crop {crop_size} px is larger than the squashed {resize_size}x{resize_size} image")
+    return center_crop(img.resize((resize_size, resize_size), _PIL_FILTERS[interpolation]), crop_size)
+
+
 class ResizeCropTransform:
     """Resize the shorter side, take the central square, make a tensor: eval preprocessing.
 
@@ -406,6 +422,8 @@ class ResizeCropTransform:
         crop_size: side of the central square, pixels.
         interpolation: Pillow filter name (bicubic, bilinear, ...).
         mean, std: RGB normalisation in [0, 1] units; both ``None`` gives uint8 pixels.
+        crop_mode: ``center`` keeps the aspect ratio (:func:`resize_center_crop`);
+            ``squash`` resizes both sides to ``resize_size`` (:func:`squash_center_crop`).
 
     Calling it maps an RGB Pillow image to a float32 tensor (3, crop, crop) normalised as
     ``(x / 255 - mean) / std``, or a uint8 tensor (3, crop, crop) without mean/std. Resizing
@@ -417,14 +435,18 @@ class ResizeCropTransform:
             big JPEGs are decoded at reduced scale.
 
     Raises:
-        ValueError: unknown interpolation; only one of mean and std given.
+        ValueError: unknown interpolation or crop mode; only one of mean and std given.
     """
 
     def __init__(self, resize_size: int, crop_size: int, interpolation: str = "bicubic",
-                 mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None) -> None:
+                 mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+                 crop_mode: str = "center") -> None:
         _check_interpolation(interpolation)
         if (mean is None) != (std is None):
             raise ValueError("give both mean and std (normalised float output) or neither (uint8 output)")
+        if crop_mode not in ("center", "squash"):
+            raise ValueError(f"crop_mode must be 'center' or 'squash', got {crop_mode!r}")
+        self.crop_mode = crop_mode
         self.resize_size, self.crop_size, self.interpolation = int(resize_size), int(crop_size), interpolation
         self.mean = None if mean is None else tuple(mean)
         self.std = None if std is None else tuple(std)
@@ -435,18 +457,21 @@ class ResizeCropTransform:
         return self.resize_size
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
-        img = resize_center_crop(img, self.resize_size, self.crop_size, self.interpolation)
+        crop = squash_center_crop if self.crop_mode == "squash" else resize_center_crop
+        img = crop(img, self.resize_size, self.crop_size, self.interpolation)
         if self.mean is None:
             return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
         return to_tensor(img, self.mean, self.std)
 
     def __repr__(self) -> str:
         return (f"ResizeCropTransform(resize_size={self.resize_size}, crop_size={self.crop_size}, "
-                f"interpolation={self.interpolation!r}, mean={self.mean}, std={self.std})")
+                f"interpolation={self.interpolation!r}, mean={self.mean}, std={self.std}, "
+                f"crop_mode={self.crop_mode!r})")
 
 
 def eval_transform(config: Union[PreprocessConfig, ModelConfig]) -> ResizeCropTransform:
-    """The eval preprocessing of a model or weight: resize, center crop, normalise.
+    """The eval preprocessing of a model or weight: resize (aspect kept, or squashed for
+    ``crop_mode="squash"``), center crop, normalise.
 
     Args:
         config: a :class:`PreprocessConfig` or a :class:`ModelConfig` (its ``preprocess``).
@@ -456,7 +481,7 @@ def eval_transform(config: Union[PreprocessConfig, ModelConfig]) -> ResizeCropTr
         input_size). Decode files for it with :func:`load_transformed`.
     """
     pre = config.preprocess if isinstance(config, ModelConfig) else config
-    return ResizeCropTransform(pre.resize_size, pre.input_size, pre.interpolation, pre.mean, pre.std)
+    return ResizeCropTransform(pre.resize_size, pre.input_size, pre.interpolation, pre.mean, pre.std, pre.crop_mode)
 
 
 def load_transformed(path: Union[str, os.PathLike], transform: Callable[[Image.Image], torch.Tensor]):

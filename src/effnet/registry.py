@@ -4,7 +4,9 @@ This is the only module that knows model names. Naming follows the common conven
 (timm): ``efficientnet_*`` use symmetric padding and PyTorch BatchNorm defaults (eps 1e-5,
 momentum 0.1), matching PyTorch-trained weights; ``tf_efficientnet_*`` use TensorFlow
 'SAME' padding and the paper's BatchNorm (eps 1e-3, decay 0.99), matching TF-trained
-weights. Architectures are otherwise identical. The baselines of paper Table 3
+weights. Architectures are otherwise identical. EfficientNetV2 follows the same convention
+(``efficientnetv2_*`` symmetric with BatchNorm eps 1e-3, as torchvision's V2;
+``tf_efficientnetv2_*`` SAME). The baselines of paper Table 3
 (``mobilenetv1_100``, ``mobilenetv2_100``, ``resnet50``, timm's names) are registered the
 same way, and every name can be scaled by ``create_model(name, scaling=...)`` or ``phi=``.
 """
@@ -28,9 +30,10 @@ from .layers import PADDING_MODES
 from .model import ConvNet, EfficientNet
 from .weights import PackageFile, fetch, load_weights, package_file, read_weight_file, resolve_source_path
 from .weights.load import CONFIG_NAME, ConfigError, read_folder_config
-from .scaling import (EFFICIENTNET_SCALING, LITE_SCALING, PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, Scaling, compound,
+from .scaling import (EFFICIENTNET_SCALING, EFFICIENTNETV2_SCALING, EFFICIENTNETV2_TRAIN_SIZE, LITE_SCALING, PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, Scaling, compound,
                       estimate_activations, estimate_params, scale_network)
-from .specs import EFFICIENTNET_B0, EFFICIENTNET_LITE0, MOBILENET_V1, MOBILENET_V2, RESNET50, NetworkSpec
+from .specs import (EFFICIENTNET_B0, EFFICIENTNET_LITE0, EFFICIENTNETV2_BASE, EFFICIENTNETV2_L, EFFICIENTNETV2_M,
+                    EFFICIENTNETV2_S, EFFICIENTNETV2_XL, MOBILENET_V1, MOBILENET_V2, RESNET50, NetworkSpec)
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -59,6 +62,8 @@ LITE_STD = (128.0 / 255.0,) * 3
 CROP_PADDING = 32
 # Resampling filters effnet.data resizes with (Pillow's Image.Resampling names).
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+# How the eval resize treats the aspect ratio (PreprocessConfig.crop_mode).
+CROP_MODES = ("center", "squash")
 
 
 # ---- argument checks at the public boundary: TypeError for a wrong type, ValueError for a range ----
@@ -104,7 +109,9 @@ class PreprocessConfig:
 
     The image is resized (aspect kept) so its shorter side is ``resize_size`` pixels, center
     cropped to ``input_size`` x ``input_size``, scaled to [0, 1] and normalised with
-    ``mean``/``std`` per RGB channel.
+    ``mean``/``std`` per RGB channel. With ``crop_mode="squash"`` the resize ignores the
+    aspect ratio: the whole image becomes ``resize_size`` x ``resize_size`` before the
+    center crop (timm's ``crop_mode='squash'``, the eval of its EfficientNetV2-M/L/XL ports).
 
     Attributes:
         input_size: crop side in pixels, an int >= 1.
@@ -112,6 +119,7 @@ class PreprocessConfig:
         interpolation: Pillow resampling filter name, one of :data:`INTERPOLATIONS`.
         mean, std: per-channel statistics in [0, 1] units, 3 finite numbers each (stored
             as float tuples); every ``std`` > 0.
+        crop_mode: ``center`` (aspect kept) or ``squash`` (aspect dropped), see above.
 
     Raises:
         TypeError: an argument of the wrong type (``input_size=True``, ``mean="x"``).
@@ -123,9 +131,12 @@ class PreprocessConfig:
     interpolation: str = "bicubic"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    crop_mode: str = "center"
 
     def __post_init__(self) -> None:
         _check_int("input_size", self.input_size, 1)
+        if self.crop_mode not in CROP_MODES:
+            raise ValueError(f"crop_mode must be one of {list(CROP_MODES)}, got {self.crop_mode!r}")
         _check_real("crop_pct", self.crop_pct, 0.0, 1.0, lo_open=True, hi_open=False)
         if not isinstance(self.interpolation, str):
             raise TypeError(f"interpolation must be a str, one of {list(INTERPOLATIONS)}, "
@@ -199,8 +210,11 @@ class ModelConfig:
         drop_path_rate: stochastic depth of the last block (official 0.2).
         preprocess: eval preprocessing at the native resolution.
         weights: the published pretrained weights; the first is the default.
-        family: ``EfficientNet``, ``EfficientNet-Lite``, ``MobileNetV1``, ``MobileNetV2``
-            or ``ResNet``.
+        family: ``EfficientNet``, ``EfficientNet-Lite``, ``EfficientNetV2``, ``MobileNetV1``,
+            ``MobileNetV2`` or ``ResNet``.
+        train_size: the official training resolution in pixels where it differs from the
+            eval one (EfficientNetV2 trains smaller: the last progressive stage's size);
+            None: the eval resolution.
         rescaled: the scaling ``create_model`` applied on top of the registered network
             (``scaling=`` or ``phi=``; None: as registered). Recorded by ``save_pretrained``.
     """
@@ -216,6 +230,7 @@ class ModelConfig:
     weights: tuple[WeightSource, ...] = ()
     family: str = "EfficientNet"
     rescaled: Optional[Scaling] = None
+    train_size: Optional[int] = None
 
     @property
     def is_efficientnet(self) -> bool:
@@ -269,7 +284,24 @@ def _register_baselines() -> None:
                               drop_path_rate=0.0, preprocess=pre, family=family))
 
 
+def _register_v2() -> None:
+    # EfficientNetV2 S/M/L/XL (own tables) and B0..B3 (the base table scaled). Symmetric
+    # names use BatchNorm eps 1e-3 with PyTorch's momentum, as torchvision's V2 does
+    # (torchvision/models/efficientnet.py: norm_layer=partial(nn.BatchNorm2d, eps=1e-03)).
+    # Eval preprocessing: that of each name's default weights (set with them below);
+    # otherwise the V1 rule, size / (size + 32), bicubic, ImageNet statistics.
+    tables = {"s": EFFICIENTNETV2_S, "m": EFFICIENTNETV2_M, "l": EFFICIENTNETV2_L, "xl": EFFICIENTNETV2_XL}
+    flavours = [("efficientnetv2", "symmetric", 1e-3, 0.1), ("tf_efficientnetv2", "same", 1e-3, 0.01)]
+    for prefix, padding, eps, momentum in flavours:
+        for variant, s in EFFICIENTNETV2_SCALING.items():
+            crop = s.resolution / (s.resolution + CROP_PADDING)
+            _register(ModelConfig(f"{prefix}_{variant}", tables.get(variant, EFFICIENTNETV2_BASE), s, padding, eps,
+                                  momentum, preprocess=PreprocessConfig(s.resolution, crop), family="EfficientNetV2",
+                                  train_size=EFFICIENTNETV2_TRAIN_SIZE[variant]))
+
+
 _register_family()
+_register_v2()
 _register_baselines()
 
 # ---- published weights ------------------------------------------------------------------------
@@ -282,9 +314,9 @@ _HALF = (0.5, 0.5, 0.5)
 
 
 def _pre(size: int, resize: Optional[int] = None, crop_pct: Optional[float] = None, interpolation: str = "bicubic",
-         mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD) -> PreprocessConfig:
+         mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD, crop_mode: str = "center") -> PreprocessConfig:
     pct = crop_pct if crop_pct is not None else size / (resize if resize else size + CROP_PADDING)
-    return PreprocessConfig(size, pct, interpolation, mean, std)
+    return PreprocessConfig(size, pct, interpolation, mean, std, crop_mode)
 
 
 # timm (timm/models/efficientnet.py default_cfgs): PyTorch-trained, symmetric padding.
@@ -396,6 +428,66 @@ _BASELINE_WEIGHTS = {
 }
 
 
+# EfficientNetV2. timm's ports of the official TF checkpoints (timm/models/efficientnet.py
+# default_cfgs, tf_efficientnetv2_*; files of the v0.1-effv2-weights release, torch.hub's
+# sha256 prefix in each name): eval at the test size, bicubic, and for S/M/L/XL crop 1.0
+# with mean = std = 0.5 and M/L/XL "squashed" (crop_mode='squash'); B0..B3 at the V1 crop
+# rule with ImageNet statistics. timm's default tag (listed first there) is the ImageNet-21k
+# pretrained, ImageNet-1k fine-tuned one where it exists. Top-1: V2 paper Table 7 (21k) and
+# the official configs' comments (google/automl efficientnetv2/effnetv2_configs.py, 1k).
+_TIMM_EFFV2 = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-effv2-weights/"
+_V2_HALF = dict(crop_pct=1.0, interpolation="bicubic", mean=_HALF, std=_HALF)
+# variant -> ((tag, file, top-1), ...), default first
+_TIMM_V2_WEIGHTS = {
+    "s": (("timm_in21k_ft_in1k", "tf_efficientnetv2_s_21ft1k-d7dafa41.pth", 84.9),
+          ("timm", "tf_efficientnetv2_s-eb54923e.pth", 83.9)),
+    "m": (("timm_in21k_ft_in1k", "tf_efficientnetv2_m_21ft1k-bf41664a.pth", 86.2),
+          ("timm", "tf_efficientnetv2_m-cc09e0cd.pth", 85.2)),
+    "l": (("timm_in21k_ft_in1k", "tf_efficientnetv2_l_21ft1k-60127a9d.pth", 86.8),
+          ("timm", "tf_efficientnetv2_l-d664b728.pth", 85.7)),
+    "xl": (("timm_in21k_ft_in1k", "tf_efficientnetv2_xl_in21ft1k-06c35c48.pth", 87.3),),
+    "b0": (("timm", "tf_efficientnetv2_b0-c7cc451f.pth", 78.7),),
+    "b1": (("timm", "tf_efficientnetv2_b1-be6e41b0.pth", 79.8),),
+    "b2": (("timm", "tf_efficientnetv2_b2-847de54e.pth", 80.5),),
+    "b3": (("timm", "tf_efficientnetv2_b3-57773f13.pth", 82.1),),
+}
+# torchvision (torchvision/models/efficientnet.py EfficientNet_V2_{S,M,L}_Weights.IMAGENET1K_V1):
+# (file, crop = resize, interpolation, mean/std, acc@1, TF-trained). S and M were trained with
+# torchvision's own recipe; L is ported from the official TF checkpoint (its transforms take
+# mean = std = 0.5, bicubic), and torchvision runs it with symmetric padding.
+_TORCHVISION_V2_WEIGHTS = {
+    "s": ("efficientnet_v2_s-dd5fe13b.pth", 384, "bilinear", IMAGENET_MEAN, IMAGENET_STD, 84.228, False),
+    "m": ("efficientnet_v2_m-dc08266a.pth", 480, "bilinear", IMAGENET_MEAN, IMAGENET_STD, 85.112, False),
+    "l": ("efficientnet_v2_l-59c71312.pth", 480, "bicubic", _HALF, _HALF, 85.808, True),
+}
+
+
+def _timm_v2_preprocess(variant: str) -> PreprocessConfig:
+    size = EFFICIENTNETV2_SCALING[variant].resolution
+    if variant in ("s", "m", "l", "xl"):
+        return _pre(size, crop_mode="center" if variant == "s" else "squash", **_V2_HALF)
+    return _pre(size)
+
+
+def _register_v2_weights() -> None:
+    for v, sources in _TIMM_V2_WEIGHTS.items():
+        pre = _timm_v2_preprocess(v)
+        for tag, file, top1 in sources:
+            _add_weights(f"tf_efficientnetv2_{v}", WeightSource(tag, _TIMM_EFFV2 + file, "timm", pre, top1=top1,
+                                                                tf_trained=True))
+    for v, (file, size, interp, mean, std, top1, tf_trained) in _TORCHVISION_V2_WEIGHTS.items():
+        _add_weights(f"efficientnetv2_{v}", WeightSource("torchvision", _TV + file, "torchvision",
+                                                         _pre(size, crop_pct=1.0, interpolation=interp, mean=mean,
+                                                              std=std), top1=top1, tf_trained=tf_trained))
+    # Each name's eval preprocessing is that of its default weights; the symmetric B0..B3
+    # and XL, which have none, take the tf_ twin's.
+    for v in EFFICIENTNETV2_SCALING:
+        for name in (f"tf_efficientnetv2_{v}", f"efficientnetv2_{v}"):
+            cfg = _REGISTRY[name]
+            pre = cfg.weights[0].preprocess if cfg.weights else _REGISTRY[f"tf_efficientnetv2_{v}"].preprocess
+            _REGISTRY[name] = dataclasses.replace(cfg, preprocess=pre)
+
+
 def _add_weights(name: str, *sources: WeightSource) -> None:
     cfg = _REGISTRY[name]
     _REGISTRY[name] = dataclasses.replace(cfg, weights=cfg.weights + sources)
@@ -448,6 +540,7 @@ def _register_weights() -> None:
 
 
 _register_weights()
+_register_v2_weights()
 
 
 def tf_trained_file_names() -> set[str]:
@@ -739,7 +832,8 @@ def create_model(name: str, pretrained: Union[bool, str] = False,
                 _check_overrides(saved["overrides"])
                 pre = saved["preprocess"]
                 preprocess = PreprocessConfig(pre["input_size"], pre["crop_pct"], pre["interpolation"],
-                                              tuple(pre["mean"]), tuple(pre["std"]))
+                                              tuple(pre["mean"]), tuple(pre["std"]),
+                                              pre.get("crop_mode", "center"))   # older folders: center
             except (TypeError, ValueError) as e:
                 raise ConfigError(f"{where}: {e}") from e
             if saved.get("scaling") is not None:

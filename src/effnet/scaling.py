@@ -25,6 +25,8 @@ __all__ = [
     "Scaling",
     "EFFICIENTNET_SCALING",
     "LITE_SCALING",
+    "EFFICIENTNETV2_SCALING",
+    "EFFICIENTNETV2_TRAIN_SIZE",
     "PAPER_ALPHA",
     "PAPER_BETA",
     "PAPER_GAMMA",
@@ -148,6 +150,25 @@ LITE_SCALING: dict[str, Scaling] = {
     "lite4": Scaling(1.4, 1.8, 300, 0.3),
 }
 
+# EfficientNetV2 (google/automl efficientnetv2/effnetv2_configs.py, efficientnetv2_params:
+# block table, width, depth, train_size, eval_size, dropout, ...). S/M/L/XL are their own
+# tables at width = depth = 1; B0..B3 scale the base table with V1's B0..B3 coefficients.
+# The resolution here is the *eval* size; V2 trains smaller (EFFICIENTNETV2_TRAIN_SIZE).
+EFFICIENTNETV2_SCALING: dict[str, Scaling] = {
+    "s": Scaling(1.0, 1.0, 384, 0.2),
+    "m": Scaling(1.0, 1.0, 480, 0.3),
+    "l": Scaling(1.0, 1.0, 480, 0.4),
+    "xl": Scaling(1.0, 1.0, 512, 0.4),
+    "b0": Scaling(1.0, 1.0, 224, 0.2),
+    "b1": Scaling(1.0, 1.1, 240, 0.2),
+    "b2": Scaling(1.1, 1.2, 260, 0.3),
+    "b3": Scaling(1.2, 1.4, 300, 0.3),
+}
+# Training image size of each (the same efficientnetv2_params column; with progressive
+# learning, the last stage's size).
+EFFICIENTNETV2_TRAIN_SIZE: dict[str, int] = {"s": 300, "m": 384, "l": 384, "xl": 384,
+                                             "b0": 192, "b1": 192, "b2": 208, "b3": 240}
+
 
 def round_filters(channels: int, width: float, divisor: int = 8, round_limit: float = 0.9) -> int:
     """Scale a channel count by ``width`` and round it to a multiple of ``divisor``.
@@ -238,12 +259,12 @@ def compound(phi: float, alpha: float = PAPER_ALPHA, beta: float = PAPER_BETA,
     return replace(multiplier, resolution=multiplier.pixels(base_resolution))
 
 
-def _scale_width(stage: StageSpec, width: float, divisor: int) -> int:
+def _scale_width(stage: StageSpec, width: float, divisor: int, round_limit: float) -> int:
     """A stage's scaled output channels. A Bottleneck scales its inner width and keeps the
     expansion exact (outer = round_filters(inner) * expansion), as wide ResNets do."""
     if stage.block is BlockType.BOTTLENECK:
-        return round_filters(stage.inner_chs, width, divisor) * stage.expand_ratio
-    return round_filters(stage.out_chs, width, divisor)
+        return round_filters(stage.inner_chs, width, divisor, round_limit) * stage.expand_ratio
+    return round_filters(stage.out_chs, width, divisor, round_limit)
 
 
 def scale_network(spec: NetworkSpec, scaling: Scaling, divisor: int = 8) -> NetworkSpec:
@@ -255,7 +276,7 @@ def scale_network(spec: NetworkSpec, scaling: Scaling, divisor: int = 8) -> Netw
       code's ceil; Table 3's MobileNetV2 numbers need it: rounding to nearest gives 22% fewer
       MACs). EfficientNet-Lite keeps the first and last stages' repeats.
     - width: stem, every stage's output and the head through :func:`round_filters` (divisor
-      8, never losing more than 10%). Inside a block the inner widths follow: MBConv and
+      8; V1 never loses more than 10%, ``spec.round_limit``; V2 rounds to nearest). Inside a block the inner widths follow: MBConv and
       FusedMBConv expand their (scaled) input by ``expand_ratio``, SE is a fraction of it;
       a ResNet Bottleneck scales its inner width (64..512) and its output is exactly
       ``expansion`` (4) times that; a depthwise-separable block's depthwise conv keeps its
@@ -274,13 +295,14 @@ def scale_network(spec: NetworkSpec, scaling: Scaling, divisor: int = 8) -> Netw
         fixed_repeats = not spec.scale_first_last_repeats and i in (0, last)
         stages.append(replace(
             stage,
-            out_chs=_scale_width(stage, width, divisor),
+            out_chs=_scale_width(stage, width, divisor, spec.round_limit),
             repeats=stage.repeats if fixed_repeats else round_repeats(stage.repeats, depth),
         ))
     stem, head = spec.stem_chs, spec.head_chs
     if spec.scale_stem_head:
-        stem = round_filters(spec.stem_chs, width, divisor)
-        head = max(round_filters(spec.head_chs, width, divisor), spec.head_min_chs) if spec.head_chs else 0
+        stem = round_filters(spec.stem_chs, width, divisor, spec.round_limit)
+        head = (max(round_filters(spec.head_chs, width, divisor, spec.round_limit), spec.head_min_chs)
+                if spec.head_chs else 0)
     return replace(spec, stem_chs=stem, stages=tuple(stages), head_chs=head,
                    scale_stem_head=True, scale_first_last_repeats=True)
 

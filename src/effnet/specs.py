@@ -4,8 +4,9 @@ A network is described by a :class:`NetworkSpec`: a stem convolution (optionally
 by a max-pool), a tuple of :class:`StageSpec` rows and an optional 1x1 head convolution.
 Each baseline below is its paper's table written row for row: EfficientNet-B0 (Tan & Le,
 ICML 2019, Table 1), MobileNetV1 (Howard et al. 2017, Table 1), MobileNetV2 (Sandler et
-al. 2018, Table 2) and ResNet-50 (He et al. 2016, Table 1). Every other network is one of
-these tables passed through :mod:`effnet.scaling`.
+al. 2018, Table 2), ResNet-50 (He et al. 2016, Table 1) and EfficientNetV2-S/M/L/XL and
+its base network (Tan & Le, ICML 2021, Table 4 and the official configs). Every other
+network is one of these tables passed through :mod:`effnet.scaling`.
 
 Example (paper Table 1, stage 3)::
 
@@ -28,6 +29,11 @@ __all__ = [
     "bottleneck",
     "EFFICIENTNET_B0",
     "EFFICIENTNET_LITE0",
+    "EFFICIENTNETV2_BASE",
+    "EFFICIENTNETV2_S",
+    "EFFICIENTNETV2_M",
+    "EFFICIENTNETV2_L",
+    "EFFICIENTNETV2_XL",
     "MOBILENET_V1",
     "MOBILENET_V2",
     "RESNET50",
@@ -138,6 +144,11 @@ class NetworkSpec:
         head_min_chs: width scaling never makes the head narrower than this (MobileNetV2
             keeps its 1280-channel last layer for multipliers below 1, Sandler et al.
             Section 6.1; torchvision and timm do the same). 0: no floor.
+        round_limit: :func:`effnet.scaling.round_filters` adds one divisor when rounding
+            loses more than ``1 - round_limit`` of a scaled width: 0.9 in V1's official code,
+            0 (never) in V2's (google/automl efficientnetv2/utils.py ``round_filters`` has no
+            such step; V2-B3's published 14,358,406 parameters need it: its first stage is
+            16 channels, not 24).
     """
 
     stem_chs: int
@@ -150,6 +161,7 @@ class NetworkSpec:
     scale_stem_head: bool = True
     scale_first_last_repeats: bool = True
     head_min_chs: int = 0
+    round_limit: float = 0.9
 
     def __post_init__(self) -> None:
         if not self.stages:
@@ -282,4 +294,96 @@ RESNET50 = NetworkSpec(
     act="relu",
     stem_kernel=7,
     stem_pool=True,
+)
+
+
+# EfficientNetV2 (Tan & Le, ICML 2021). Fused-MBConv replaces expand 1x1 + depthwise kxk
+# by one regular kxk conv in the early, high-resolution stages; Fused-MBConv1 (expansion 1)
+# is that conv alone. SE 0.25 of the block *input* channels, Swish, as in V1. Each table
+# is a row-for-row copy of the official configs (google/automl efficientnetv2/
+# effnetv2_configs.py, ``v2_*_block``: r = layers, k = kernel, s = stride, e = expansion,
+# o = channels, c1 = fused, se0.25); S/M/L/XL are released as their own tables (width and
+# depth 1.0), B0..B3 as this base table under V1's width/depth coefficients.
+
+# The V2 base network ("v2_base_block"), scaled to V2-B0..B3 like V1's B0..B3.
+EFFICIENTNETV2_BASE = NetworkSpec(
+    stem_chs=32,
+    stages=(
+        #            expand kernel stride  chs  layers
+        fused_mbconv(1,     3,     1,      16,  1),
+        fused_mbconv(4,     3,     2,      32,  2),
+        fused_mbconv(4,     3,     2,      48,  2),
+        mbconv(      4,     3,     2,      96,  3),
+        mbconv(      6,     3,     1,      112, 5),
+        mbconv(      6,     3,     2,      192, 8),
+    ),
+    head_chs=1280,
+    round_limit=0.0,         # V2's round_filters: nearest multiple of 8
+)
+
+# V2 paper Table 4, EfficientNetV2-S:
+#   Stage 0  Conv3x3, stride 2, 24 channels, 1 layer                (stem)
+#   Stages 1-6 the rows below ("Fused-MBConv4, k3x3" = fused_mbconv(4, 3, ...))
+#   Stage 7  Conv1x1 & Pooling & FC, 1280 channels                  (head)
+EFFICIENTNETV2_S = NetworkSpec(
+    stem_chs=24,
+    stages=(
+        #            expand kernel stride  chs  layers
+        fused_mbconv(1,     3,     1,      24,  2),
+        fused_mbconv(4,     3,     2,      48,  4),
+        fused_mbconv(4,     3,     2,      64,  4),
+        mbconv(      4,     3,     2,      128, 6),     # SE 0.25
+        mbconv(      6,     3,     1,      160, 9),     # SE 0.25
+        mbconv(      6,     3,     2,      256, 15),    # SE 0.25
+    ),
+    head_chs=1280,
+    round_limit=0.0,         # V2's round_filters: nearest multiple of 8
+)
+
+# EfficientNetV2-M ("v2_m_block"; about the S table x width 1.6, depth 2.2 of the base).
+EFFICIENTNETV2_M = NetworkSpec(
+    stem_chs=24,
+    stages=(
+        fused_mbconv(1, 3, 1, 24,  3),
+        fused_mbconv(4, 3, 2, 48,  5),
+        fused_mbconv(4, 3, 2, 80,  5),
+        mbconv(      4, 3, 2, 160, 7),
+        mbconv(      6, 3, 1, 176, 14),
+        mbconv(      6, 3, 2, 304, 18),
+        mbconv(      6, 3, 1, 512, 5),
+    ),
+    head_chs=1280,
+    round_limit=0.0,         # V2's round_filters: nearest multiple of 8
+)
+
+# EfficientNetV2-L ("v2_l_block").
+EFFICIENTNETV2_L = NetworkSpec(
+    stem_chs=32,
+    stages=(
+        fused_mbconv(1, 3, 1, 32,  4),
+        fused_mbconv(4, 3, 2, 64,  7),
+        fused_mbconv(4, 3, 2, 96,  7),
+        mbconv(      4, 3, 2, 192, 10),
+        mbconv(      6, 3, 1, 224, 19),
+        mbconv(      6, 3, 2, 384, 25),
+        mbconv(      6, 3, 1, 640, 7),
+    ),
+    head_chs=1280,
+    round_limit=0.0,         # V2's round_filters: nearest multiple of 8
+)
+
+# EfficientNetV2-XL ("v2_xl_block"; released only with ImageNet-21k pretraining).
+EFFICIENTNETV2_XL = NetworkSpec(
+    stem_chs=32,
+    stages=(
+        fused_mbconv(1, 3, 1, 32,  4),
+        fused_mbconv(4, 3, 2, 64,  8),
+        fused_mbconv(4, 3, 2, 96,  8),
+        mbconv(      4, 3, 2, 192, 16),
+        mbconv(      6, 3, 1, 256, 24),
+        mbconv(      6, 3, 2, 512, 32),
+        mbconv(      6, 3, 1, 640, 8),
+    ),
+    head_chs=1280,
+    round_limit=0.0,         # V2's round_filters: nearest multiple of 8
 )

@@ -6,14 +6,15 @@ effnet's names (``model.state_dict()``)::
     stages.S.B.expand.conv/.bn                           MBConv expand 1x1 (absent when ratio 1)
     stages.S.B.depthwise.conv/.bn                        depthwise kxk (MBConv, DepthwiseSeparable)
     stages.S.B.se.reduce, stages.S.B.se.expand           squeeze-and-excitation 1x1 convs (bias)
-    stages.S.B.project.conv/.bn                          projection 1x1 (MBConv, DepthwiseSeparable)
+    stages.S.B.fused.conv/.bn                            FusedMBConv kxk (EfficientNetV2)
+    stages.S.B.project.conv/.bn                          projection 1x1 (MBConv, FusedMBConv, DepthwiseSeparable)
     stages.S.B.reduce/.conv/.restore.conv/.bn            ResNet Bottleneck 1x1, 3x3, 1x1
     stages.S.B.shortcut.conv/.bn                         ResNet projection shortcut (strided 1x1)
     head.conv, head.bn                                   head 1x1 conv + BN (absent: MobileNetV1, ResNet)
     classifier                                           Linear
 
-Layouts read: timm (EfficientNet, MobileNetV1/V2: ``conv_stem``, ``blocks.S.B``),
-torchvision (EfficientNet: ``features.S.B.block.I``; MobileNetV2: ``features.K.conv.I``
+Layouts read: timm (EfficientNet V1 and V2, MobileNetV1/V2: ``conv_stem``, ``blocks.S.B``),
+torchvision (EfficientNet V1 and V2: ``features.S.B.block.I``; MobileNetV2: ``features.K.conv.I``
 numbered flat over all blocks), ResNet (torchvision's and timm's ``resnet50``, the same
 names: ``conv1``, ``layerN.B.conv1..3``, ``downsample``, ``fc``) and EfficientNet-PyTorch.
 
@@ -32,7 +33,7 @@ import torch
 from torch import nn
 
 __all__ = ["FORMATS", "CLASSIFIER_KEYS", "classifier_size", "detect_format", "convert_state_dict", "TIMM_TOP", "TIMM_INVERTED_RESIDUAL",
-           "TIMM_DEPTHWISE_SEPARABLE", "TORCHVISION_BLOCK_LAYERS", "TORCHVISION_INVERTED_RESIDUAL",
+           "TIMM_DEPTHWISE_SEPARABLE", "TIMM_EDGE_RESIDUAL", "TIMM_CONV_BN_ACT", "TORCHVISION_BLOCK_LAYERS", "TORCHVISION_INVERTED_RESIDUAL",
            "TORCHVISION_INVERTED_RESIDUAL_T1", "RESNET_TOP", "RESNET_BOTTLENECK", "LUKEMELAS_TOP", "LUKEMELAS_BLOCK"]
 
 # The key whose presence identifies each layout.
@@ -54,11 +55,19 @@ TIMM_INVERTED_RESIDUAL = {"conv_pw": "expand.conv", "bn1": "expand.bn", "conv_dw
 # blocks.S.B.* of a DepthwiseSeparableConv (expand ratio 1): conv_pw is the *projection* here.
 TIMM_DEPTHWISE_SEPARABLE = {"conv_dw": "depthwise.conv", "bn1": "depthwise.bn", "se.conv_reduce": "se.reduce",
                             "se.conv_expand": "se.expand", "conv_pw": "project.conv", "bn2": "project.bn"}
+# blocks.S.B.* of an EdgeResidual, timm's FusedMBConv with expansion (EfficientNetV2 "er" rows).
+TIMM_EDGE_RESIDUAL = {"conv_exp": "fused.conv", "bn1": "fused.bn", "se.conv_reduce": "se.reduce",
+                      "se.conv_expand": "se.expand", "conv_pwl": "project.conv", "bn2": "project.bn"}
+# blocks.S.B.* of a ConvBnAct, timm's FusedMBConv1 (EfficientNetV2 "cn" rows): the fused conv alone.
+TIMM_CONV_BN_ACT = {"conv": "fused.conv", "bn1": "fused.bn"}
 
 # torchvision (torchvision/models/efficientnet.py): features.0 = stem (0 conv, 1 BN),
 # features.1..N = stages, features.N+1 = head, classifier.1 = Linear. Inside a block,
 # block.I are its layers in order (conv-norm layers: .0 conv, .1 BN; SE: fc1, fc2).
-TORCHVISION_BLOCK_LAYERS = {4: ("expand", "depthwise", "se", "project"), 3: ("depthwise", "se", "project")}
+# By the number of layers in the block: MBConv with and without expansion; FusedMBConv
+# with expansion (fused kxk, project 1x1; torchvision's has no SE) and without (the kxk alone).
+TORCHVISION_BLOCK_LAYERS = {4: ("expand", "depthwise", "se", "project"), 3: ("depthwise", "se", "project"),
+                            2: ("fused", "project"), 1: ("fused",)}
 TORCHVISION_CONV_NORM = {"0": "conv", "1": "bn"}
 TORCHVISION_SE = {"fc1": "reduce", "fc2": "expand"}
 
@@ -126,7 +135,15 @@ def _timm_key(sd: Dict[str, torch.Tensor]) -> Callable[[str], Optional[str]]:
         if not m:
             return _rename(key, TIMM_TOP)
         s, b, rest = m.groups()
-        table = TIMM_INVERTED_RESIDUAL if f"blocks.{s}.{b}.conv_pwl.weight" in sd else TIMM_DEPTHWISE_SEPARABLE
+        block = f"blocks.{s}.{b}."
+        if block + "conv_exp.weight" in sd:
+            table = TIMM_EDGE_RESIDUAL
+        elif block + "conv.weight" in sd:
+            table = TIMM_CONV_BN_ACT
+        elif block + "conv_pwl.weight" in sd:
+            table = TIMM_INVERTED_RESIDUAL
+        else:
+            table = TIMM_DEPTHWISE_SEPARABLE
         new = _rename(rest, table)
         return f"stages.{s}.{b}.{new}" if new else None
     return rename

@@ -59,14 +59,14 @@ class WeightMismatchError(ValueError):
     """
 
     def __init__(self, source: str, missing: List[str], unexpected: List[str],
-                 mismatched: List[Tuple[str, tuple, tuple]]) -> None:
+                 mismatched: List[Tuple[str, tuple, tuple]], hint: Optional[str] = None) -> None:
         self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
 
         def show(items: Sequence[Any]) -> str:
             head = ", ".join(str(i) for i in items[:8])
             return head + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
 
-        parts = [f"weights from {source} do not fit the model:"]
+        parts = [f"weights from {source} do not fit the model:"] + ([f"  {hint}"] if hint else [])
         if mismatched:
             parts.append(f"  mis-shaped ({len(mismatched)}): " +
                          show([f"{k} file {tuple(a)} vs model {tuple(b)}" for k, a, b in mismatched]))
@@ -74,8 +74,42 @@ class WeightMismatchError(ValueError):
             parts.append(f"  missing ({len(missing)}): {show(missing)}")
         if unexpected:
             parts.append(f"  unexpected ({len(unexpected)}): {show(unexpected)}")
-        parts.append("  Check that the model name matches the weights (e.g. b0 weights need an *_b0 model).")
+        if not hint:
+            parts.append("  Check that the model name matches the weights (e.g. b0 weights need an *_b0 model).")
         super().__init__("\n".join(parts))
+
+
+# Which network family a state dict in effnet's keys holds, told from its block layers
+# (see effnet.weights.convert for the names): FusedMBConv exists only in EfficientNetV2,
+# the Bottleneck's restore conv only in ResNet, squeeze-and-excitation after a depthwise
+# conv in EfficientNet (V1; V2 has it too, but V2 is told first by its fused blocks).
+_FAMILY_MARKS = (("EfficientNetV2", ".fused."), ("ResNet", ".restore."), ("EfficientNet", ".se."),
+                 ("MobileNet or EfficientNet-Lite", ".depthwise."))
+_FAMILY_MODELS = {"EfficientNetV2": "an efficientnetv2_* or tf_efficientnetv2_* model",
+                  "EfficientNet": "an efficientnet_* or tf_efficientnet_b* model", "ResNet": "resnet50",
+                  "MobileNet or EfficientNet-Lite": "a mobilenetv1/v2 or *efficientnet_lite* model"}
+
+
+def weights_family(keys: Sequence[str]) -> Optional[str]:
+    """The network family of a state dict in effnet's keys (``EfficientNetV2``, ``ResNet``,
+    ``EfficientNet``, ``MobileNet or EfficientNet-Lite``), or None when no block tells."""
+    for family, mark in _FAMILY_MARKS:
+        if any(mark in k for k in keys):
+            return family
+    return None
+
+
+def _family_hint(file_keys: Sequence[str], model: nn.Module) -> Optional[str]:
+    """A sentence for a mismatch between a file of one family and a model of another."""
+    have, want = weights_family(file_keys), weights_family(list(model.state_dict()))
+    if have is None or want is None or have == want:
+        return None
+    name = getattr(getattr(model, "config", None), "name", type(model).__name__)
+
+    def a(family: str) -> str:
+        return f"{'an' if family[0] in 'AEIOU' else 'a'} {family}"
+    return (f"The file holds {a(have)} network but the model ({name}) is {a(want)}: load it into "
+            f"{_FAMILY_MODELS[have]} (effnet.list_models() lists them).")
 
 
 def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
@@ -266,7 +300,7 @@ def load_state_dict(model: nn.Module, state_dict: Dict[str, torch.Tensor], sourc
     mismatched = [(k, tuple(sd[k].shape), tuple(target[k].shape)) for k in target   # model order: stem first
                   if k in sd and sd[k].shape != target[k].shape]
     if missing or unexpected or mismatched:
-        raise WeightMismatchError(source, missing, unexpected, mismatched)
+        raise WeightMismatchError(source, missing, unexpected, mismatched, _family_hint(list(sd), model))
     with torch.no_grad():
         for k, v in sd.items():
             target[k].copy_(v)
