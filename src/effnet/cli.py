@@ -106,7 +106,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
     for row in _stage_rows(net):
         stage, block, k, stride, e, cin, cout, n, se = row
         print(f"{stage!s:<7}{block:<15}{k:>6}{stride:>7}{e!s:>7}{cin:>6}{cout:>6}{n:>8}{se!s:>5}")
-    print(f"preprocessing: resize shorter side to {pre.resize_size} px ({pre.interpolation}), center crop "
+    resize = (f"squash to {pre.resize_size}x{pre.resize_size} px" if pre.crop_mode == "squash"
+              else f"resize shorter side to {pre.resize_size} px")
+    print(f"preprocessing: {resize} ({pre.interpolation}), center crop "
           f"{pre.input_size} px (crop_pct {pre.crop_pct:.3f}), mean {tuple(round(m, 4) for m in pre.mean)}, "
           f"std {tuple(round(v, 4) for v in pre.std)}")
     return 0
@@ -286,6 +288,33 @@ def _check_labels(dataset, model, data: Path) -> None:
                              f"{n} classes (0..{n - 1}); check the labels or the model")
 
 
+PROGRESSIVE_FIELDS = ("stages", "min_size", "max_size", "min_magnitude", "max_magnitude", "min_mixup", "max_mixup",
+                      "min_dropout", "max_dropout")
+
+
+def _progressive_schedule(args: argparse.Namespace, recipe):
+    """``--progressive`` (or the recipe's) with any ``--progressive-*`` value replaced; None: off."""
+    from .registry import get_config
+    from .train.progressive import progressive_preset
+
+    variant = None if args.progressive == "none" else (args.progressive or recipe.progressive)
+    given = {f: getattr(args, f"progressive_{f}") for f in PROGRESSIVE_FIELDS
+             if getattr(args, f"progressive_{f}") is not None}
+    if variant is None:
+        if given:
+            raise SystemExit(f"error: --progressive-{next(iter(given)).replace('_', '-')} needs --progressive "
+                             f"paper|automl (or a recipe with progressive learning, e.g. --recipe v2)")
+        return None
+    if not given:
+        return variant                       # fit ends the model's Table 6 row at the training size
+    cfg = get_config(args.model)
+    size = args.image_size or cfg.train_size or cfg.input_size
+    try:
+        return progressive_preset(args.model, variant, max_size=given.pop("max_size", size), **given)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .train import fit, get_recipe
 
@@ -300,7 +329,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise SystemExit("error: give --resume (continue the run in --out) or --overwrite (start it again), not both")
     if args.model is None:
         raise SystemExit("error: --model is required (a name from `effnet models`)")
+    progressive = _progressive_schedule(args, recipe)
+    if progressive is None and recipe.progressive is not None:
+        recipe = recipe.replace(progressive=None)            # --progressive none
     result = fit(args.model, args.data, epochs=args.epochs, batch_size=args.batch_size, recipe=recipe,
+                 progressive=progressive,
                  out=args.out, resume=args.resume, overwrite=args.overwrite, pretrained=args.pretrained or False, weights=args.weights,
                  image_size=args.image_size, lr=args.lr, workers=args.workers, seed=args.seed, device=args.device,
                  amp=args.amp, channels_last=args.channels_last, grad_checkpointing=args.grad_checkpointing,
@@ -422,7 +455,7 @@ def _cmd_cam(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .analysis import cam
-    from .data import IMAGE_EXTENSIONS, ImageDecodeError, load_image, resize_center_crop, to_tensor
+    from .data import IMAGE_EXTENSIONS, ImageDecodeError, load_image, resize_center_crop, squash_center_crop, to_tensor
     from .plots import plot_cam_grid, plot_cam_rows, upsample_cam
 
     files = _collect_images(args.inputs)
@@ -445,7 +478,8 @@ def _cmd_cam(args: argparse.Namespace) -> int:
         entries = []
         for label, model in models:
             pre = model.config.preprocess
-            crop = resize_center_crop(img, pre.resize_size, pre.input_size, pre.interpolation)
+            crop = (squash_center_crop if pre.crop_mode == "squash" else resize_center_crop)(
+                img, pre.resize_size, pre.input_size, pre.interpolation)
             x = to_tensor(crop, pre.mean, pre.std)[None]
             maps, logits = cam(model, x, return_logits=True)
             probs = logits.float().softmax(dim=1)[0]
@@ -710,8 +744,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="folder with train/ and val/ class subfolders, or one folder to split")
     p.add_argument("--epochs", type=POSITIVE, required=True)
     p.add_argument("--batch-size", type=POSITIVE, default=32, help="images per step per process")
-    p.add_argument("--recipe", default="paper", help="paper or finetune")
+    p.add_argument("--recipe", default="paper", help="paper, finetune or v2 (EfficientNetV2: progressive learning on)")
     p.add_argument("--out", default=None, help="run folder: last.pt, best/, metrics.csv, tb/, curves.png")
+    p.add_argument("--progressive", choices=["paper", "automl", "none"], default=None,
+                   help="progressive learning (EfficientNetV2 Sec. 4.2): image size, RandAugment magnitude, mixup "
+                        "and dropout grow over stages; the model's Table 6 row, ending at the training size "
+                        "(default: the recipe's; none turns it off)")
+    for f in PROGRESSIVE_FIELDS:
+        p.add_argument(f"--progressive-{f.replace('_', '-')}", type=int if f in ("stages", "min_size", "max_size")
+                       else float, default=None, help=argparse.SUPPRESS if f != "stages" else
+                       "stages of the schedule (4); likewise --progressive-{min,max}-{size,magnitude,mixup,dropout}")
     p.add_argument("--resume", action="store_true", help="continue exactly from OUT/last.pt")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in OUT (else it is refused)")
     p.add_argument("--image-size", type=POSITIVE, default=None,

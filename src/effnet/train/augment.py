@@ -7,13 +7,16 @@ batch as tensors in the training process (:class:`TrainAugment`).
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from PIL import Image
 from torch import nn
 
 __all__ = ["train_decode", "TrainAugment"]
+
+# kornia's RandAugment takes m strictly inside (0, 30); 30 would be each op's full range.
+KORNIA_MAX_M = 29.99
 
 
 def train_decode(size: int, interpolation: str = "bicubic") -> Callable[[Image.Image], torch.Tensor]:
@@ -37,23 +40,32 @@ class TrainAugment(nn.Module):
     Args:
         size: output side in pixels.
         mean, std: the model's input normalisation (its weights' preprocessing), RGB in [0, 1].
-        augment: ``autoaugment``, ``randaugment`` (n=2, m=9) or ``none``.
+        augment: ``autoaugment``, ``randaugment`` (n=2, m=9 on kornia's 0..30 scale) or ``none``.
         crop_scale: RandomResizedCrop area range (0.08..1 in the Inception/paper recipe).
+        magnitude: RandAugment magnitude on the TF scale of the EfficientNet papers and their
+            code (tensorflow/tpu autoaugment.py ``_MAX_LEVEL = 10``: 10 is each op's full
+            range), mapped to kornia's scale (m / 30 of the range) as ``3 * magnitude``. TF
+            extrapolates beyond level 10 (V2's Table 6 goes to 25); kornia cannot, so those
+            are clipped just below its full range. 0 turns RandAugment off. None: m = 9.
 
     Shapes: uint8 (N, 3, S, S) -> float32 (N, 3, size, size), normalised. Randomness comes
     from torch's global generator, so a seeded run (and an exact resume) repeats it.
     """
 
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], augment: str = "autoaugment",
-                 crop_scale: tuple[float, float] = (0.08, 1.0)) -> None:
+                 crop_scale: tuple[float, float] = (0.08, 1.0), magnitude: Optional[float] = None) -> None:
         super().__init__()
         import kornia.augmentation as K
         from kornia.augmentation.auto import AutoAugment, RandAugment
 
+        self.size = int(size)
         self.crop = K.RandomResizedCrop((size, size), scale=crop_scale, ratio=(3 / 4, 4 / 3))
         self.flip = K.RandomHorizontalFlip()
         if augment == "autoaugment":
             self.policy: nn.Module = AutoAugment("imagenet")
+        elif augment == "randaugment" and magnitude is not None:
+            m = min(3.0 * float(magnitude), KORNIA_MAX_M)
+            self.policy = RandAugment(n=2, m=m) if m > 0 else nn.Identity()
         elif augment == "randaugment":
             self.policy = RandAugment(n=2, m=9)
         elif augment == "none":

@@ -45,6 +45,7 @@ from ..evaluation import evaluate
 from ..registry import PreprocessConfig, create_model
 from ..weights.load import non_finite_keys
 from .augment import TrainAugment, train_decode
+from .progressive import MixBatch, Progressive, StageValues, progressive_preset
 from .optim import build_optimizer, lr_factor
 from .recipe import Recipe, get_recipe
 
@@ -52,7 +53,8 @@ __all__ = ["fit", "FitResult", "make_datasets", "tf_ema", "CheckpointError", "No
            "save_checkpoint", "RUN_OUTPUTS"]
 
 CHECKPOINT = "last.pt"
-METRICS = ["epoch", "lr", "train_loss", "train_top1", "val_top1", "val_top5", "images_per_s", "seconds", "skipped"]
+METRICS = ["epoch", "lr", "train_loss", "train_top1", "val_top1", "val_top5", "images_per_s", "seconds", "skipped",
+           "image_size", "magnitude", "mixup", "cutmix", "dropout"]
 
 
 @dataclass
@@ -405,6 +407,10 @@ class _State:
     classes: List[str]
     memory_format: torch.memory_format
     drop_last: bool
+    preprocess: Optional[PreprocessConfig] = None
+    progressive: Optional[Progressive] = None
+    mix: Optional[MixBatch] = None
+    values: Optional[StageValues] = None
     start_epoch: int = 0
     history: List[Dict[str, float]] = dataclasses.field(default_factory=list)
     best_top1: float = -1.0
@@ -420,10 +426,22 @@ def _scaled_size(size: int, scale: float) -> int:
     return size if scale == 1 else max(8, int(round(size * scale / 8)) * 8)
 
 
+def _resolve_progressive(progressive: Union[None, str, Progressive], name: Optional[str],
+                         size: int) -> Optional[Progressive]:
+    """The run's schedule: a :class:`Progressive` as given, or a variant name (``paper``,
+    ``automl``) made into the model's Table 6 row ending at the training ``size``."""
+    if progressive is None or isinstance(progressive, Progressive):
+        return progressive
+    if progressive not in ("paper", "automl"):
+        raise ValueError(f"progressive must be 'paper', 'automl', an effnet.train.Progressive or None, "
+                         f"got {progressive!r}")
+    return progressive_preset(name, progressive, max_size=size)
+
+
 def _build(model: Union[str, nn.Module], data: Union[str, Path], recipe: Recipe, env: _Env, batch_size: int,
            pretrained: Union[bool, str], weights: Optional[str], image_size: Optional[int], lr: Optional[float],
            channels_last: bool, grad_checkpointing: bool, accumulation_steps: int, sync_bn: bool,
-           val_split: float, seed: int) -> _State:
+           val_split: float, seed: int, progressive: Union[None, str, Progressive] = None) -> _State:
     """Model, data, optimizer, schedule, scaler and EMA of a new run."""
     if isinstance(model, str):
         overrides = dict(drop_path_rate=recipe.drop_path_rate)
@@ -434,11 +452,18 @@ def _build(model: Union[str, nn.Module], data: Union[str, Path], recipe: Recipe,
     else:
         net = model
     preprocess = net.config.preprocess
-    size = image_size or _scaled_size(preprocess.input_size, recipe.train_size_scale)
+    # EfficientNetV2 trains below its eval size (ModelConfig.train_size: 192 for V2-B0, 224
+    # eval); without an image_size it trains at that size and validates at the eval size.
+    train_size = getattr(net.config, "train_size", None)
+    size = image_size or _scaled_size(train_size or preprocess.input_size, recipe.train_size_scale)
+    native_val = image_size is None and train_size and recipe.train_size_scale == recipe.eval_size_scale == 1
     # The run's weights are validated (and later predict) with this: the training resolution
     # times the recipe's eval_size_scale, and the recipe's crop or the weights' own.
-    val_pre = dataclasses.replace(preprocess, input_size=_scaled_size(size, recipe.eval_size_scale),
+    val_pre = dataclasses.replace(preprocess, input_size=preprocess.input_size if native_val
+                                  else _scaled_size(size, recipe.eval_size_scale),
                                   crop_pct=recipe.eval_crop_pct or preprocess.crop_pct)
+    schedule = _resolve_progressive(progressive if progressive is not None else recipe.progressive,
+                                    net.config.name, size)
     train_set, val_set, classes = make_datasets(data, size, preprocess, val_split, seed, val_pre)
     if net.num_classes != len(classes):
         net.reset_classifier(len(classes))
@@ -468,7 +493,33 @@ def _build(model: Union[str, nn.Module], data: Union[str, Path], recipe: Recipe,
     ema = AveragedModel(net, multi_avg_fn=tf_ema(recipe.ema_decay), use_buffers=True) if recipe.ema_decay else None
     criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     return _State(net, optimizer, scheduler, scaler, ema, criterion, augment, train_set, val_set, list(classes),
-                  memory_format, drop_last)
+                  memory_format, drop_last, preprocess=preprocess, progressive=schedule)
+
+
+def _apply_stage(state: _State, env: _Env, recipe: Recipe, epoch: int, epochs: int) -> Dict[str, Any]:
+    """Set this epoch's image size, augmentation magnitude, mixup/CutMix and dropout (a
+    progressive run's stage values; the run's fixed ones otherwise) and return them for the
+    metrics row. Rebuilding draws no random numbers, so a resumed run repeats an unbroken one."""
+    net = state.net.module if isinstance(state.net, nn.parallel.DistributedDataParallel) else state.net
+    if state.progressive is None:
+        return dict(image_size=state.augment.size, magnitude=None, mixup=0.0, cutmix=0.0, dropout=net.dropout.p)
+    v = state.progressive.at_epoch(epoch, epochs)
+    old = state.values
+    if old is None or (v.image_size, v.magnitude) != (old.image_size, old.magnitude):
+        pre = state.preprocess
+        dataset = state.train_set
+        while isinstance(dataset, Subset):
+            dataset = dataset.dataset
+        dataset.transform = train_decode(v.image_size, pre.interpolation)
+        state.augment = TrainAugment(v.image_size, pre.mean, pre.std, recipe.augment, recipe.crop_scale,
+                                     magnitude=v.magnitude).to(env.device)
+    net.dropout.p = v.dropout
+    if state.ema is not None:              # the model a run returns and saves: the same rate
+        state.ema.module.dropout.p = v.dropout
+    state.mix = MixBatch(v.mixup, v.cutmix) if (v.mixup > 0 or v.cutmix > 0) else None
+    state.values = v
+    return dict(image_size=v.image_size, magnitude=round(v.magnitude, 4), mixup=round(v.mixup, 4),
+                cutmix=round(v.cutmix, 4), dropout=round(v.dropout, 4))
 
 
 def _resume(state: _State, ckpt_path: Path, env: _Env) -> None:
@@ -561,10 +612,15 @@ def _train_epoch(state: _State, env: _Env, recipe: Recipe, epoch: int, epochs: i
         x = x.to(env.device, non_blocking=True)
         y = y.to(env.device, non_blocking=True)
         with torch.no_grad():
-            x = state.augment(x).contiguous(memory_format=state.memory_format)
+            x = state.augment(x)
+            target = None
+            if state.mix is not None:
+                x, target = state.mix(x, y)
+            x = x.contiguous(memory_format=state.memory_format)
         with torch.autocast(env.device.type, dtype=env.amp_dtype, enabled=env.use_amp):
             logits = module(x)
-            loss = state.criterion(logits.float(), y)
+            loss = (state.criterion(logits.float(), y) if target is None
+                    else MixBatch.loss(logits.float(), target, recipe.label_smoothing))
         loss_value = loss.item()
         _check_loss(loss_value, env, epoch, step, state.optimizer, run_dir)
         state.scaler.scale(loss / accumulation_steps).backward()
@@ -646,7 +702,8 @@ def fit(model: Union[str, nn.Module], data: Union[str, Path], epochs: int, batch
         lr: Optional[float] = None, workers: int = 2, seed: int = 0, device: Optional[str] = None,
         amp: Optional[bool] = None, channels_last: bool = False, grad_checkpointing: bool = False,
         accumulation_steps: int = 1, sync_bn: bool = False, val_split: float = 0.2,
-        progress: bool = True, overwrite: bool = False) -> FitResult:
+        progress: bool = True, overwrite: bool = False,
+        progressive: Union[None, str, Progressive] = None) -> FitResult:
     """Train (or fine-tune) an EfficientNet on an image folder.
 
     The steps: set-up (run folder, model, data, optimizer; :func:`_build`), resume
@@ -680,6 +737,11 @@ def fit(model: Union[str, nn.Module], data: Union[str, Path], epochs: int, batch
         sync_bn: SyncBatchNorm across processes (with ``freeze_bn`` recipes it has no effect).
         val_split: fraction of a single folder kept for validation, in (0, 1).
         progress: tqdm bars (rank 0).
+        progressive: progressive learning (V2 paper Sec. 4.2): ``paper`` or ``automl`` for
+            the model's Table 6 schedule ending at the training size, or a
+            :class:`~effnet.train.progressive.Progressive` with every value set; None:
+            the recipe's (``v2``: paper). Each epoch's image size, RandAugment magnitude,
+            mixup/CutMix alpha and dropout go into ``metrics.csv``.
 
     Returns:
         :class:`FitResult`.
@@ -687,7 +749,8 @@ def fit(model: Union[str, nn.Module], data: Union[str, Path], epochs: int, batch
     Raises:
         TypeError, ValueError: an argument of the wrong type or out of range; fewer than 2
             classes, class folders without images, train/ and val/ with different classes,
-            no readable image in an epoch; ``resume`` without ``out``.
+            no readable image in an epoch; ``resume`` without ``out``; a progressive
+            schedule with more stages than epochs or a minimum above its maximum.
         FileExistsError: ``out`` holds a run and neither ``resume`` nor ``overwrite`` is given.
         FileNotFoundError: ``resume`` without a checkpoint in ``out``, or missing data.
         CheckpointError: ``out/last.pt`` is truncated, hostile or of another run.
@@ -697,6 +760,8 @@ def fit(model: Union[str, nn.Module], data: Union[str, Path], epochs: int, batch
     """
     _validate_fit_args(epochs, batch_size, image_size, lr, workers, accumulation_steps, val_split, seed)
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    if isinstance(progressive, Progressive):
+        progressive.check_epochs(epochs)
     env = _make_env(device, amp)
     run_dir = Path(out) if out is not None else None
     ckpt_path = _check_run_dir(run_dir, resume, overwrite)
@@ -705,7 +770,9 @@ def fit(model: Union[str, nn.Module], data: Union[str, Path], epochs: int, batch
     np.random.seed(seed + env.rank)
     random.seed(seed + env.rank)
     state = _build(model, data, recipe, env, batch_size, pretrained, weights, image_size, lr, channels_last,
-                   grad_checkpointing, accumulation_steps, sync_bn, val_split, seed)
+                   grad_checkpointing, accumulation_steps, sync_bn, val_split, seed, progressive)
+    if state.progressive is not None:
+        state.progressive.check_epochs(epochs)
     if resume:
         _resume(state, ckpt_path, env)
     if env.main and run_dir is not None:
@@ -720,8 +787,10 @@ def fit(model: Union[str, nn.Module], data: Union[str, Path], epochs: int, batch
             warnings.warn("tensorboard is not installed; metrics go to metrics.csv only")
     try:
         for epoch in range(state.start_epoch, epochs):
+            stage = _apply_stage(state, env, recipe, epoch, epochs)
             loader = _loader(state, env, epoch, batch_size, workers, seed)
             row = _train_epoch(state, env, recipe, epoch, epochs, loader, accumulation_steps, progress, run_dir)
+            row.update(stage)
             if env.main:
                 row.update(_validate(state, env, batch_size, workers, seed))
             rng = _rng_state()     # after everything that draws random numbers this epoch

@@ -48,6 +48,9 @@ class Recipe:
             shows objects larger in training than a center crop does at the same size.
         eval_crop_pct: the center crop of validation and of the saved model (None: the
             weights' own ``crop_pct``).
+        progressive: progressive learning (:mod:`effnet.train.progressive`): ``paper``
+            (V2 Algorithm 1), ``automl`` (the official code's variant) or None (off); the
+            schedule is the model's Table 6 row ending at the run's training size.
     """
 
     name: str
@@ -73,8 +76,11 @@ class Recipe:
     train_size_scale: float = 1.0
     eval_size_scale: float = 1.0
     eval_crop_pct: Optional[float] = None
+    progressive: Optional[str] = None
 
     def __post_init__(self) -> None:
+        if self.progressive not in (None, "paper", "automl"):
+            raise ValueError(f"progressive must be 'paper', 'automl' or None, got {self.progressive!r}")
         if self.optimizer not in ("rmsprop_tf", "sgd", "adamw"):
             raise ValueError(f"optimizer must be rmsprop_tf, sgd or adamw, got {self.optimizer!r}")
         if self.augment not in ("autoaugment", "randaugment", "none"):
@@ -115,6 +121,12 @@ RECIPES = {
                        drop_path_rate=0.1, augment="randaugment", crop_scale=(0.25, 1.0), freeze_bn=True,
                        head_only_epochs=1, backbone_lr_scale=0.1, zero_init_head=True,
                        train_size_scale=1.3, eval_crop_pct=0.875),
+    # EfficientNetV2 (V2 paper Section 5.1 and google/automl efficientnetv2/hparams.py,
+    # datasets.py ImageNet): V1's RMSProp (decay 0.9, momentum 0.9, TF epsilon), lr 0.016 per
+    # 256 images (0.256 at batch 4096), 5 warmup epochs then x0.97 every 2.4 epochs, EMA
+    # 0.9999, stochastic depth 0.2 (survival 0.8), weight decay 1e-5, label smoothing 0.1,
+    # RandAugment, and progressive learning (Table 6) on.
+    "v2": Recipe("v2", augment="randaugment", progressive="paper"),
 }
 
 
