@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import shutil
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
+import effnet
 from effnet.data import data_dir
 
 
@@ -75,12 +79,24 @@ def realistic_model(name: str, **kwargs) -> torch.nn.Module:
     if "efficientnetv2_b0" in name:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)      # TF-trained file in a symmetric model
-            return effnet_create(name, weights=data_dir() / "reference-scaling" /
-                                 "timm_tf_efficientnetv2_b0.safetensors", **kwargs).eval()
-    return randomize_bn(effnet_create(name, **kwargs)).eval()
+            return effnet.create_model(name, weights=data_dir() / "reference-scaling" /
+                                       "timm_tf_efficientnetv2_b0.safetensors", **kwargs).eval()
+    return randomize_bn(effnet.create_model(name, **kwargs)).eval()
 
 
-def effnet_create(name: str, **kwargs) -> torch.nn.Module:
-    import effnet
+def meta_model(name: str, **kwargs) -> torch.nn.Module:
+    """``effnet.create_model`` on the meta device: shapes, parameters and MACs, no memory."""
+    with torch.device("meta"):
+        return effnet.create_model(name, **kwargs)
 
-    return effnet.create_model(name, **kwargs)
+
+def kill_after_first_checkpoint(cmd: list, ckpt: Path, env: dict) -> int:
+    """Start a training command and SIGKILL it as soon as it has written ``ckpt`` (its
+    first ``last.pt``), so it dies in the middle of a later epoch; returns its exit code
+    (``-SIGKILL`` when the kill, not the end of the run, stopped it)."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    return proc.wait()

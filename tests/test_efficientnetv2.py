@@ -21,7 +21,9 @@ from effnet.data import eval_transform, load_image
 from effnet.registry import get_weight_source
 from effnet.scaling import estimate_macs, estimate_params, scale_network
 from effnet.specs import EFFICIENTNETV2_BASE, EFFICIENTNETV2_S, BlockType
-from effnet.weights import WeightMismatchError, load_weights, read_weight_file
+from effnet.weights import WeightMismatchError
+
+from conftest import meta_model
 
 # (params at 1000 classes, eval size in pixels, published MACs at that size or None)
 PUBLISHED = {
@@ -29,11 +31,6 @@ PUBLISHED = {
     "xl": (208_119_808, 512, None), "b0": (7_139_704, 224, 0.72e9), "b1": (8_141_052, 240, 1.2e9),
     "b2": (10_096_086, 260, 1.7e9), "b3": (14_358_406, 300, 3.0e9),
 }
-
-
-def meta_model(name, **kwargs):
-    with torch.device("meta"):
-        return effnet.create_model(name, **kwargs)
 
 
 @pytest.mark.parametrize("prefix", ["efficientnetv2", "tf_efficientnetv2"])

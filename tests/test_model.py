@@ -7,7 +7,7 @@ import effnet
 from effnet.analysis import count_params
 from effnet.blocks import MBConv
 
-from conftest import randomize_bn, realistic_model
+from conftest import meta_model, randomize_bn, realistic_model
 
 # Parameter counts at 1000 classes of the reference PyTorch implementation (timm).
 REFERENCE_PARAMS = {
@@ -15,11 +15,6 @@ REFERENCE_PARAMS = {
     "b5": 30_389_784, "b6": 43_040_704, "b7": 66_347_960, "b8": 87_413_142, "l2": 480_309_308,
     "lite0": 4_652_008, "lite1": 5_416_680, "lite2": 6_092_072, "lite3": 8_197_096, "lite4": 13_006_568,
 }
-
-
-def meta_model(name, **kwargs):
-    with torch.device("meta"):
-        return effnet.create_model(name, **kwargs)
 
 
 @pytest.mark.parametrize("prefix", ["efficientnet", "tf_efficientnet"])

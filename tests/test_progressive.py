@@ -7,14 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 from effnet.train import RECIPES, MixBatch, Progressive, fit, progressive_preset
 
-from conftest import copy_subset
+from conftest import copy_subset, kill_after_first_checkpoint
 
 EFFNET = [sys.executable, "-m", "effnet.cli"]
 
@@ -154,14 +153,8 @@ def test_run_killed_in_stage_2_resumes_identical(photos, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     full = subprocess.run(_cmd(photos, tmp_path / "full"), env=env, capture_output=True, text=True)
     assert full.returncode == 0, full.stderr[-2000:]
-    proc = subprocess.Popen(_cmd(photos, tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
     ckpt = tmp_path / "killed" / "last.pt"
-    deadline = time.time() + 300
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert kill_after_first_checkpoint(_cmd(photos, tmp_path / "killed"), ckpt, env) == -signal.SIGKILL
     assert torch.load(ckpt, weights_only=False)["epoch"] < 2       # cut short; epochs 2-3 are stage 2
     resumed = subprocess.run(_cmd(photos, tmp_path / "killed") + ["--resume"], env=env, capture_output=True,
                              text=True)

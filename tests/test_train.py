@@ -6,13 +6,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from torch.optim.swa_utils import AveragedModel
-from conftest import copy_subset
+from conftest import copy_subset, kill_after_first_checkpoint
 
 import effnet
 from effnet.train import RECIPES, RMSpropTF, fit, lr_factor, param_groups, tf_ema
@@ -164,15 +163,8 @@ def test_killed_run_resumes_to_identical_weights(small_set, tmp_path):
     full = subprocess.run(_train_cmd(small_set, tmp_path / "full", 3), env=env, capture_output=True, text=True)
     assert full.returncode == 0, full.stderr[-2000:]
 
-    proc = subprocess.Popen(_train_cmd(small_set, tmp_path / "killed", 3), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = tmp_path / "killed" / "last.pt"
-    deadline = time.time() + 300
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    assert kill_after_first_checkpoint(_train_cmd(small_set, tmp_path / "killed", 3), ckpt, env) == -signal.SIGKILL
     killed_at = torch.load(ckpt, weights_only=False)["epoch"]
     assert killed_at < 2                                   # the run really was cut short
     resumed = subprocess.run(_train_cmd(small_set, tmp_path / "killed", 3) + ["--resume"], env=env,

@@ -455,7 +455,7 @@ def _cmd_cam(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .analysis import cam
-    from .data import IMAGE_EXTENSIONS, ImageDecodeError, load_image, resize_center_crop, squash_center_crop, to_tensor
+    from .data import CROP_FUNCTIONS, IMAGE_EXTENSIONS, ImageDecodeError, load_image, to_tensor
     from .plots import plot_cam_grid, plot_cam_rows, upsample_cam
 
     files = _collect_images(args.inputs)
@@ -478,8 +478,7 @@ def _cmd_cam(args: argparse.Namespace) -> int:
         entries = []
         for label, model in models:
             pre = model.config.preprocess
-            crop = (squash_center_crop if pre.crop_mode == "squash" else resize_center_crop)(
-                img, pre.resize_size, pre.input_size, pre.interpolation)
+            crop = CROP_FUNCTIONS[pre.crop_mode](img, pre.resize_size, pre.input_size, pre.interpolation)
             x = to_tensor(crop, pre.mean, pre.std)[None]
             maps, logits = cam(model, x, return_logits=True)
             probs = logits.float().softmax(dim=1)[0]

@@ -50,6 +50,7 @@ __all__ = [
     "center_crop",
     "resize_center_crop",
     "squash_center_crop",
+    "CROP_FUNCTIONS",
     "to_tensor",
     "ResizeCropTransform",
     "eval_transform",
@@ -414,6 +415,10 @@ def squash_center_crop(img: Image.Image, resize_size: int, crop_size: int,
     return center_crop(img.resize((resize_size, resize_size), _PIL_FILTERS[interpolation]), crop_size)
 
 
+# The eval resize of each PreprocessConfig.crop_mode: aspect kept, or squashed.
+CROP_FUNCTIONS = {"center": resize_center_crop, "squash": squash_center_crop}
+
+
 class ResizeCropTransform:
     """Resize the shorter side, take the central square, make a tensor: eval preprocessing.
 
@@ -444,8 +449,8 @@ class ResizeCropTransform:
         _check_interpolation(interpolation)
         if (mean is None) != (std is None):
             raise ValueError("give both mean and std (normalised float output) or neither (uint8 output)")
-        if crop_mode not in ("center", "squash"):
-            raise ValueError(f"crop_mode must be 'center' or 'squash', got {crop_mode!r}")
+        if crop_mode not in CROP_FUNCTIONS:
+            raise ValueError(f"crop_mode must be one of {list(CROP_FUNCTIONS)}, got {crop_mode!r}")
         self.crop_mode = crop_mode
         self.resize_size, self.crop_size, self.interpolation = int(resize_size), int(crop_size), interpolation
         self.mean = None if mean is None else tuple(mean)
@@ -457,8 +462,7 @@ class ResizeCropTransform:
         return self.resize_size
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
-        crop = squash_center_crop if self.crop_mode == "squash" else resize_center_crop
-        img = crop(img, self.resize_size, self.crop_size, self.interpolation)
+        img = CROP_FUNCTIONS[self.crop_mode](img, self.resize_size, self.crop_size, self.interpolation)
         if self.mean is None:
             return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
         return to_tensor(img, self.mean, self.std)

@@ -284,24 +284,7 @@ def _register_baselines() -> None:
                               drop_path_rate=0.0, preprocess=pre, family=family))
 
 
-def _register_v2() -> None:
-    # EfficientNetV2 S/M/L/XL (own tables) and B0..B3 (the base table scaled). Symmetric
-    # names use BatchNorm eps 1e-3 with PyTorch's momentum, as torchvision's V2 does
-    # (torchvision/models/efficientnet.py: norm_layer=partial(nn.BatchNorm2d, eps=1e-03)).
-    # Eval preprocessing: that of each name's default weights (set with them below);
-    # otherwise the V1 rule, size / (size + 32), bicubic, ImageNet statistics.
-    tables = {"s": EFFICIENTNETV2_S, "m": EFFICIENTNETV2_M, "l": EFFICIENTNETV2_L, "xl": EFFICIENTNETV2_XL}
-    flavours = [("efficientnetv2", "symmetric", 1e-3, 0.1), ("tf_efficientnetv2", "same", 1e-3, 0.01)]
-    for prefix, padding, eps, momentum in flavours:
-        for variant, s in EFFICIENTNETV2_SCALING.items():
-            crop = s.resolution / (s.resolution + CROP_PADDING)
-            _register(ModelConfig(f"{prefix}_{variant}", tables.get(variant, EFFICIENTNETV2_BASE), s, padding, eps,
-                                  momentum, preprocess=PreprocessConfig(s.resolution, crop), family="EfficientNetV2",
-                                  train_size=EFFICIENTNETV2_TRAIN_SIZE[variant]))
-
-
 _register_family()
-_register_v2()
 _register_baselines()
 
 # ---- published weights ------------------------------------------------------------------------
@@ -469,23 +452,38 @@ def _timm_v2_preprocess(variant: str) -> PreprocessConfig:
     return _pre(size)
 
 
+def _torchvision_v2_preprocess(variant: str) -> PreprocessConfig:
+    _, size, interp, mean, std, _, _ = _TORCHVISION_V2_WEIGHTS[variant]
+    return _pre(size, crop_pct=1.0, interpolation=interp, mean=mean, std=std)
+
+
+def _register_v2() -> None:
+    # EfficientNetV2 S/M/L/XL (own tables) and B0..B3 (the base table scaled). Symmetric
+    # names use BatchNorm eps 1e-3 with PyTorch's momentum, as torchvision's V2 does
+    # (torchvision/models/efficientnet.py: norm_layer=partial(nn.BatchNorm2d, eps=1e-03)).
+    # Each name's eval preprocessing is that of its default weights; the symmetric B0..B3
+    # and XL, which have none, take the tf_ twin's (timm's).
+    tables = {"s": EFFICIENTNETV2_S, "m": EFFICIENTNETV2_M, "l": EFFICIENTNETV2_L, "xl": EFFICIENTNETV2_XL}
+    flavours = [("efficientnetv2", "symmetric", 1e-3, 0.1), ("tf_efficientnetv2", "same", 1e-3, 0.01)]
+    for prefix, padding, eps, momentum in flavours:
+        for variant, s in EFFICIENTNETV2_SCALING.items():
+            pre = (_torchvision_v2_preprocess(variant) if prefix == "efficientnetv2" and
+                   variant in _TORCHVISION_V2_WEIGHTS else _timm_v2_preprocess(variant))
+            _register(ModelConfig(f"{prefix}_{variant}", tables.get(variant, EFFICIENTNETV2_BASE), s, padding, eps,
+                                  momentum, preprocess=pre, family="EfficientNetV2",
+                                  train_size=EFFICIENTNETV2_TRAIN_SIZE[variant]))
+
+
 def _register_v2_weights() -> None:
     for v, sources in _TIMM_V2_WEIGHTS.items():
         pre = _timm_v2_preprocess(v)
         for tag, file, top1 in sources:
             _add_weights(f"tf_efficientnetv2_{v}", WeightSource(tag, _TIMM_EFFV2 + file, "timm", pre, top1=top1,
                                                                 tf_trained=True))
-    for v, (file, size, interp, mean, std, top1, tf_trained) in _TORCHVISION_V2_WEIGHTS.items():
+    for v, (file, _, _, _, _, top1, tf_trained) in _TORCHVISION_V2_WEIGHTS.items():
         _add_weights(f"efficientnetv2_{v}", WeightSource("torchvision", _TV + file, "torchvision",
-                                                         _pre(size, crop_pct=1.0, interpolation=interp, mean=mean,
-                                                              std=std), top1=top1, tf_trained=tf_trained))
-    # Each name's eval preprocessing is that of its default weights; the symmetric B0..B3
-    # and XL, which have none, take the tf_ twin's.
-    for v in EFFICIENTNETV2_SCALING:
-        for name in (f"tf_efficientnetv2_{v}", f"efficientnetv2_{v}"):
-            cfg = _REGISTRY[name]
-            pre = cfg.weights[0].preprocess if cfg.weights else _REGISTRY[f"tf_efficientnetv2_{v}"].preprocess
-            _REGISTRY[name] = dataclasses.replace(cfg, preprocess=pre)
+                                                         _torchvision_v2_preprocess(v), top1=top1,
+                                                         tf_trained=tf_trained))
 
 
 def _add_weights(name: str, *sources: WeightSource) -> None:
@@ -540,6 +538,7 @@ def _register_weights() -> None:
 
 
 _register_weights()
+_register_v2()
 _register_v2_weights()
 
 

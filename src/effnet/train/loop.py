@@ -500,7 +500,7 @@ def _apply_stage(state: _State, env: _Env, recipe: Recipe, epoch: int, epochs: i
     """Set this epoch's image size, augmentation magnitude, mixup/CutMix and dropout (a
     progressive run's stage values; the run's fixed ones otherwise) and return them for the
     metrics row. Rebuilding draws no random numbers, so a resumed run repeats an unbroken one."""
-    net = state.net.module if isinstance(state.net, nn.parallel.DistributedDataParallel) else state.net
+    net = state.net                        # DistributedDataParallel wraps it per epoch, in _train_epoch
     if state.progressive is None:
         return dict(image_size=state.augment.size, magnitude=None, mixup=0.0, cutmix=0.0, dropout=net.dropout.p)
     v = state.progressive.at_epoch(epoch, epochs)
@@ -760,8 +760,6 @@ def fit(model: Union[str, nn.Module], data: Union[str, Path], epochs: int, batch
     """
     _validate_fit_args(epochs, batch_size, image_size, lr, workers, accumulation_steps, val_split, seed)
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
-    if isinstance(progressive, Progressive):
-        progressive.check_epochs(epochs)
     env = _make_env(device, amp)
     run_dir = Path(out) if out is not None else None
     ckpt_path = _check_run_dir(run_dir, resume, overwrite)

@@ -186,10 +186,6 @@ class MixBatch:
         self._cut = (K.RandomCutMixV2(beta=self.cutmix, use_correct_lambda=True, data_keys=["input", "class"])
                      if self.cutmix > 0 else None)
 
-    @property
-    def active(self) -> bool:
-        return self.mixup > 0 or self.cutmix > 0
-
     def _mixup(self, x: torch.Tensor, y: torch.Tensor):
         n = x.shape[0]
         lam = torch.distributions.Beta(self.mixup, self.mixup).sample((n,)).to(x.device, x.dtype)
