@@ -315,12 +315,34 @@ def _progressive_schedule(args: argparse.Namespace, recipe):
         raise SystemExit(f"error: {e}") from None
 
 
+def _distillation(args: argparse.Namespace):
+    """The run's Distillation and Unlabeled settings from the --teacher/--kd-*/--unlabeled flags."""
+    from .train import Distillation, Unlabeled
+
+    kd_flags = [f for f in ("kd_cache", "kd_class_map", "teacher_weights") if getattr(args, f) is not None]
+    if args.teacher is None and kd_flags and not (args.kd_cache and kd_flags == ["kd_cache"]):
+        raise SystemExit(f"error: --{kd_flags[-1].replace('_', '-')} needs --teacher (a model name or an effnet folder)")
+    if args.unlabeled_ratio is not None and args.unlabeled is None:
+        raise SystemExit("error: --unlabeled-ratio needs --unlabeled (a file from effnet pseudo-label)")
+    distill = None
+    if args.teacher is not None or args.kd_cache is not None:
+        distill = Distillation(teacher=args.teacher, teacher_weights=args.teacher_weights,
+                               temperature=args.kd_temperature, alpha=args.kd_alpha, kind=args.kd_type,
+                               cache=args.kd_cache, class_map=args.kd_class_map)
+    unlabeled = None
+    if args.unlabeled is not None:
+        unlabeled = Unlabeled(args.unlabeled, ratio=args.unlabeled_ratio or 1.0, teacher=args.teacher,
+                              teacher_weights=args.teacher_weights)
+    return distill, unlabeled
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .train import fit, get_recipe
 
     recipe = get_recipe(args.recipe)
     changes = {k: v for k, v in dict(head_only_epochs=args.head_only_epochs, augment=args.augment,
-                                     ema_decay=args.ema_decay).items() if v is not None}
+                                     ema_decay=args.ema_decay, dropout=args.dropout, drop_path_rate=args.drop_path,
+                                     magnitude=args.magnitude).items() if v is not None}
     if changes:
         recipe = recipe.replace(**changes)
     if args.resume and not args.out:
@@ -332,8 +354,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     progressive = _progressive_schedule(args, recipe)
     if progressive is None and recipe.progressive is not None:
         recipe = recipe.replace(progressive=None)            # --progressive none
+    distill, unlabeled = _distillation(args)
     result = fit(args.model, args.data, epochs=args.epochs, batch_size=args.batch_size, recipe=recipe,
-                 progressive=progressive,
+                 progressive=progressive, distill=distill, unlabeled=unlabeled,
                  out=args.out, resume=args.resume, overwrite=args.overwrite, pretrained=args.pretrained or False, weights=args.weights,
                  image_size=args.image_size, lr=args.lr, workers=args.workers, seed=args.seed, device=args.device,
                  amp=args.amp, channels_last=args.channels_last, grad_checkpointing=args.grad_checkpointing,
@@ -343,6 +366,32 @@ def _cmd_train(args: argparse.Namespace) -> int:
               + (f"; best weights in {args.out}/best, metrics in {args.out}/metrics.csv" if args.out else ""))
     if result.skipped:
         print(f"{result.skipped} unreadable training images were skipped", file=sys.stderr)
+    return 0
+
+
+def _cmd_distill_cache(args: argparse.Namespace) -> int:
+    from .train import write_logit_cache
+
+    r = write_logit_cache(args.teacher, args.data, args.out, teacher_weights=args.teacher_weights,
+                          class_map=args.class_map, batch_size=args.batch_size, workers=args.workers,
+                          device=args.device)
+    print(f"wrote {r['path']}: logits of {r['teacher']} (weights {r['fingerprint']}) on {r['images']} training photos"
+          + (f", {r['skipped']} unreadable skipped" if r["skipped"] else ""))
+    return 0
+
+
+def _cmd_pseudo_label(args: argparse.Namespace) -> int:
+    from .train import pseudo_label
+    from .train.loop import check_data
+
+    classes = check_data(args.data) if args.data else None
+    r = pseudo_label(args.teacher, args.unlabeled, args.out, classes=classes, teacher_weights=args.teacher_weights,
+                     class_map=args.class_map, temperature=args.temperature, threshold=args.threshold,
+                     balance=not args.no_balance, batch_size=args.batch_size, workers=args.workers,
+                     device=args.device)
+    print(f"wrote {args.out}: {r['kept']} of {r['images']} photos labeled by {r['teacher']} (weights "
+          f"{r['fingerprint']}), {r['rows']} rows after balancing; per class {r['per_class']}"
+          + (f"; {r['skipped']} unreadable skipped" if r["skipped"] else ""))
     return 0
 
 
@@ -633,7 +682,7 @@ def _add_trial_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=None, help="Ray cluster to join (default: a local Ray instance)")
     p.add_argument("--cpus-per-trial", type=POSITIVE, default=None,
                    help="CPUs (threads) per trial (default: 1 with Ray, all cores in process)")
-    p.add_argument("--gpus-per-trial", type=_real(-1e-9), default=0.0, help="GPUs per trial with Ray (default 0)")
+    p.add_argument("--gpus-per-trial", type=_real(0.0, low_closed=True), default=0.0, help="GPUs per trial with Ray (default 0)")
     p.add_argument("--trials-per-node", type=POSITIVE, default=None,
                    help="with Ray and no --cpus-per-trial: trials packed per machine")
     p.add_argument("--budget-minutes", type=_real(0.0), default=None,
@@ -665,16 +714,19 @@ def _count(minimum: int):
     return parse
 
 
-def _real(low: float, high: Optional[float] = None):
-    """argparse type: a finite number in the open interval (``low``, ``high``)."""
+def _real(low: float, high: Optional[float] = None, low_closed: bool = False, high_closed: bool = False):
+    """argparse type: a finite number between ``low`` and ``high``, each end open unless closed."""
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not math.isfinite(value) or value <= low or (high is not None and value >= high):
-            raise argparse.ArgumentTypeError(f"must be in ({low:g}, {'inf' if high is None else f'{high:g}'}), "
-                                             f"got {text}")
+        below = value < low if low_closed else value <= low
+        above = high is not None and (value > high if high_closed else value >= high)
+        if not math.isfinite(value) or below or above:
+            raise argparse.ArgumentTypeError(f"must be in {'[' if low_closed else '('}{low:g}, "
+                                             f"{'inf' if high is None else f'{high:g}'}{']' if high_closed else ')'}"
+                                             f", got {text}")
         return value
     parse.__name__ = "number"
     return parse
@@ -743,7 +795,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="folder with train/ and val/ class subfolders, or one folder to split")
     p.add_argument("--epochs", type=POSITIVE, required=True)
     p.add_argument("--batch-size", type=POSITIVE, default=32, help="images per step per process")
-    p.add_argument("--recipe", default="paper", help="paper, finetune or v2 (EfficientNetV2: progressive learning on)")
+    p.add_argument("--recipe", default="paper", help="paper, finetune, v2 (EfficientNetV2: progressive learning on) or noisy-student (finetune + the paper's noise)")
     p.add_argument("--out", default=None, help="run folder: last.pt, best/, metrics.csv, tb/, curves.png")
     p.add_argument("--progressive", choices=["paper", "automl", "none"], default=None,
                    help="progressive learning (EfficientNetV2 Sec. 4.2): image size, RandAugment magnitude, mixup "
@@ -771,7 +823,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grad-checkpointing", action="store_true")
     p.add_argument("--accum-steps", type=POSITIVE, default=1, help="gradient accumulation micro-batches")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes")
+    p.add_argument("--dropout", type=_real(0.0, 1.0, low_closed=True), default=None, help="classifier dropout (default: the recipe's "
+                   "or the model's)")
+    p.add_argument("--drop-path", type=_real(0.0, 1.0, low_closed=True), default=None,
+                   help="stochastic depth rate of the last block (default: the recipe's)")
+    p.add_argument("--magnitude", type=_real(0.0, 30.0, low_closed=True), default=None,
+                   help="RandAugment magnitude, TF scale (10 = full range; default: the recipe's)")
+    g = p.add_argument_group("knowledge distillation (Hinton et al. 2015)")
+    g.add_argument("--teacher", default=None, help="teacher: a model name (its registered weights, or "
+                   "--teacher-weights) or an effnet folder such as a run's best/")
+    g.add_argument("--teacher-weights", default=None, help="weight file or folder for a teacher given by name")
+    g.add_argument("--kd-temperature", type=_real(0.0), default=4.0, help="softmax temperature T (default 4)")
+    g.add_argument("--kd-alpha", type=_real(0.0, 1.0, low_closed=True, high_closed=True), default=0.5,
+                   help="weight of the teacher's term; 1 - alpha weighs the labels (default 0.5)")
+    g.add_argument("--kd-type", choices=["soft", "hard"], default="soft",
+                   help="soft: T^2 * KL of softened outputs; hard: CE on the teacher's argmax")
+    g.add_argument("--kd-cache", default=None, help="teacher logits from effnet distill-cache (no teacher per step)")
+    g.add_argument("--kd-class-map", default=None,
+                   help="JSON file: data class -> teacher class name or index, when the class lists differ")
+    g = p.add_argument_group("Noisy Student (Xie et al. 2020)")
+    g.add_argument("--unlabeled", default=None, help="pseudo-labels from effnet pseudo-label (Parquet); with "
+                   "--teacher they must be that teacher's")
+    g.add_argument("--unlabeled-ratio", type=_real(0.0), default=None,
+                   help="pseudo-labeled images per labeled image in each step (default 1)")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("distill-cache", help="run a teacher once over the training photos and save its logits")
+    p.add_argument("--teacher", required=True, help="model name (registered weights or --teacher-weights) or effnet folder")
+    p.add_argument("--teacher-weights", default=None)
+    p.add_argument("--data", required=True, help="the training data folder, as given to effnet train")
+    p.add_argument("--out", required=True, help="the cache file (.safetensors)")
+    p.add_argument("--class-map", default=None, help="JSON: data class -> teacher class, when they differ")
+    p.add_argument("--batch-size", type=POSITIVE, default=32)
+    p.add_argument("--workers", type=NON_NEGATIVE, default=2)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_cmd_distill_cache)
+
+    p = sub.add_parser("pseudo-label", help="soft labels from a teacher for a folder of unlabeled photos (Noisy Student)")
+    p.add_argument("unlabeled", help="folder of unlabeled photos (searched recursively)")
+    p.add_argument("--teacher", required=True, help="model name (registered weights or --teacher-weights) or effnet folder")
+    p.add_argument("--teacher-weights", default=None)
+    p.add_argument("--out", required=True, help="Parquet file: path, label, confidence, probs, copy")
+    p.add_argument("--data", default=None, help="label with this training folder's classes (default: the teacher's)")
+    p.add_argument("--class-map", default=None, help="JSON: data class -> teacher class, when they differ")
+    p.add_argument("--threshold", type=_real(0.0, 1.0, low_closed=True), default=0.0,
+                   help="drop photos whose top probability is below this (the paper: 0.3 on ImageNet)")
+    p.add_argument("--temperature", type=_real(0.0), default=1.0, help="softmax temperature of the soft labels")
+    p.add_argument("--no-balance", action="store_true", help="do not duplicate photos to balance the classes")
+    p.add_argument("--batch-size", type=POSITIVE, default=32)
+    p.add_argument("--workers", type=NON_NEGATIVE, default=2)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_cmd_pseudo_label)
 
     p = sub.add_parser("export", help="export to ONNX (verified), INT8 ONNX or TorchScript")
     _add_model_args(p)
@@ -822,7 +924,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", type=_grid, default=None,
                    help="alpha=1.0:1.4:0.05,beta=1.0:1.3:0.05,gamma=1.0:1.3:0.05 (the default; stop included)")
     p.add_argument("--target", type=_real(0.0), default=2.0, help="FLOPs factor alpha*beta^2*gamma^2 (default 2)")
-    p.add_argument("--tolerance", type=_real(-1e-12), default=0.1, help="|factor - target| allowed (default 0.1)")
+    p.add_argument("--tolerance", type=_real(0.0, low_closed=True), default=0.1, help="|factor - target| allowed (default 0.1)")
     p.add_argument("--max-trials", type=POSITIVE, default=None, help="keep N candidates spread over the grid")
     p.add_argument("--objective", choices=["top1", "macs", "latency"], default="top1",
                    help="rank by top-1, or by the paper's ACC*(X/T)^-0.07 with X the MACs or latency")

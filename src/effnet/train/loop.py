@@ -45,11 +45,13 @@ from ..evaluation import evaluate
 from ..registry import PreprocessConfig, create_model
 from ..weights.load import non_finite_keys
 from .augment import TrainAugment, train_decode
+from .distill import (DistillError, Distillation, IndexedDataset, LogitCache, PseudoLabels, Teacher, Unlabeled,
+                      build_teacher, dataset_samples, kd_term, load_teacher, soft_cross_entropy, teacher_fingerprint)
 from .progressive import MixBatch, Progressive, StageValues, progressive_preset
 from .optim import build_optimizer, lr_factor
 from .recipe import Recipe, get_recipe
 
-__all__ = ["fit", "FitResult", "make_datasets", "tf_ema", "CheckpointError", "NonFiniteLossError", "load_checkpoint",
+__all__ = ["fit", "FitResult", "Distillation", "Unlabeled", "make_datasets", "tf_ema", "CheckpointError", "NonFiniteLossError", "load_checkpoint",
            "save_checkpoint", "RUN_OUTPUTS"]
 
 CHECKPOINT = "last.pt"
@@ -411,6 +413,14 @@ class _State:
     progressive: Optional[Progressive] = None
     mix: Optional[MixBatch] = None
     values: Optional[StageValues] = None
+    train_labels: Optional[torch.Tensor] = None      # label of each training item, by index
+    distill: Optional[Distillation] = None
+    teacher: Optional[Teacher] = None                # run online on the student's batch...
+    cached_logits: Optional[torch.Tensor] = None     # ...or read per training item (N, K)
+    unlabeled_set: Any = None                        # Noisy Student: pseudo-labeled photos
+    unlabeled_probs: Optional[torch.Tensor] = None   # (M, K) soft labels
+    unlabeled_batch: int = 0
+    run_inputs: Dict[str, Any] = dataclasses.field(default_factory=dict)   # what a resume must match
     start_epoch: int = 0
     history: List[Dict[str, float]] = dataclasses.field(default_factory=list)
     best_top1: float = -1.0
@@ -478,7 +488,11 @@ def _build(model: Union[str, nn.Module], data: Union[str, Path], recipe: Recipe,
     net = net.to(env.device, memory_format=memory_format)
     if env.distributed and sync_bn:
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
-    augment = TrainAugment(size, preprocess.mean, preprocess.std, recipe.augment, recipe.crop_scale).to(env.device)
+    augment = TrainAugment(size, preprocess.mean, preprocess.std, recipe.augment, recipe.crop_scale,
+                           magnitude=recipe.magnitude).to(env.device)
+    # Items carry their index; labels (and cached teacher logits, pseudo-labels) are looked up by it.
+    train_labels = torch.tensor([y for _, y in dataset_samples(train_set)], dtype=torch.long)
+    train_set = IndexedDataset(train_set)
 
     global_batch = batch_size * env.world * accumulation_steps
     peak_lr = lr if lr is not None else recipe.lr_per_256 * global_batch / 256
@@ -493,7 +507,62 @@ def _build(model: Union[str, nn.Module], data: Union[str, Path], recipe: Recipe,
     ema = AveragedModel(net, multi_avg_fn=tf_ema(recipe.ema_decay), use_buffers=True) if recipe.ema_decay else None
     criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     return _State(net, optimizer, scheduler, scaler, ema, criterion, augment, train_set, val_set, list(classes),
-                  memory_format, drop_last, preprocess=preprocess, progressive=schedule)
+                  memory_format, drop_last, preprocess=preprocess, progressive=schedule, train_labels=train_labels)
+
+
+def _training_root(data: Path) -> Path:
+    return data / "train" if (data / "train").is_dir() and (data / "val").is_dir() else data
+
+
+def _attach_teachers(state: _State, env: _Env, data: Path, batch_size: int, distill: Optional[Distillation],
+                     unlabeled: Optional[Unlabeled]) -> None:
+    """Set up distillation (an online teacher, or cached logits per training item) and
+    Noisy Student's pseudo-labeled set, checking every file against the run's classes and
+    teacher.
+
+    Raises:
+        DistillError: a teacher or cache with other classes (and no map), a cache or label
+            file of another teacher or data, a cache with mixup/CutMix.
+    """
+    pre = state.preprocess
+    fingerprint, teacher_name = None, ""
+    if distill is not None:
+        state.distill = distill
+        teacher = None
+        if distill.teacher is not None:
+            teacher = build_teacher(distill.teacher, distill.teacher_weights, state.classes, pre.mean, pre.std,
+                                    distill.class_map)
+            fingerprint, teacher_name = teacher.fingerprint, teacher.name
+        if distill.cache is not None:
+            cache = LogitCache(distill.cache)
+            if teacher is not None and cache.fingerprint != teacher.fingerprint:
+                raise DistillError(f"teacher logit cache {cache.path} was written by teacher {cache.teacher} (weights "
+                                   f"{cache.fingerprint}), not by {teacher.name} (weights {teacher.fingerprint}); "
+                                   f"write it again with effnet distill-cache --teacher {teacher.name}")
+            if state.progressive is not None and state.progressive.max_mixup > 0:
+                raise DistillError("cached teacher logits belong to whole photos, not to mixup/CutMix blends; "
+                                   "distill with the teacher online (no --kd-cache) or turn mixup off")
+            state.cached_logits = cache.for_dataset(state.train_set, _training_root(data), state.classes)
+            fingerprint, teacher_name = fingerprint or cache.fingerprint, teacher_name or cache.teacher
+        else:
+            state.teacher = teacher.to(env.device)
+        state.run_inputs["distill"] = dict(teacher=fingerprint, alpha=float(distill.alpha),
+                                           temperature=float(distill.temperature), kind=distill.kind,
+                                           cached=distill.cache is not None)
+    if unlabeled is not None:
+        from ..data import ImageDataset
+
+        labels = PseudoLabels(unlabeled.labels)
+        if unlabeled.teacher is not None:
+            model, teacher_name = load_teacher(unlabeled.teacher, unlabeled.teacher_weights)
+            fingerprint = teacher_fingerprint(model)
+        labels.check(state.classes, fingerprint, teacher_name)
+        size = state.augment.size
+        state.unlabeled_set = IndexedDataset(ImageDataset([(Path(p), 0) for p in labels.paths],
+                                                          train_decode(size, pre.interpolation), state.classes))
+        state.unlabeled_probs = labels.probs
+        state.unlabeled_batch = max(1, int(round(unlabeled.ratio * batch_size)))
+        state.run_inputs["unlabeled"] = dict(labels=labels.sha256, ratio=float(unlabeled.ratio))
 
 
 def _apply_stage(state: _State, env: _Env, recipe: Recipe, epoch: int, epochs: int) -> Dict[str, Any]:
@@ -507,10 +576,11 @@ def _apply_stage(state: _State, env: _Env, recipe: Recipe, epoch: int, epochs: i
     old = state.values
     if old is None or (v.image_size, v.magnitude) != (old.image_size, old.magnitude):
         pre = state.preprocess
-        dataset = state.train_set
-        while isinstance(dataset, Subset):
-            dataset = dataset.dataset
-        dataset.transform = train_decode(v.image_size, pre.interpolation)
+        for dataset in (state.train_set, state.unlabeled_set):
+            while isinstance(dataset, (Subset, IndexedDataset)):
+                dataset = dataset.dataset
+            if dataset is not None:
+                dataset.transform = train_decode(v.image_size, pre.interpolation)
         state.augment = TrainAugment(v.image_size, pre.mean, pre.std, recipe.augment, recipe.crop_scale,
                                      magnitude=v.magnitude).to(env.device)
     net.dropout.p = v.dropout
@@ -529,6 +599,12 @@ def _resume(state: _State, ckpt_path: Path, env: _Env) -> None:
         CheckpointError: unusable file, or a checkpoint of another model or other classes.
     """
     ckpt = load_checkpoint(ckpt_path)
+    for key, now in (("distill", state.run_inputs.get("distill")), ("unlabeled", state.run_inputs.get("unlabeled"))):
+        before = ckpt.get(key)
+        if before != now:
+            raise CheckpointError(f"cannot resume from {ckpt_path}: it was trained with {key} {before}, this run asks "
+                                  f"for {now}; resume with the same teacher, settings and files, or choose another "
+                                  f"--out")
     if ckpt.get("classes") is not None and list(ckpt["classes"]) != state.classes:
         raise CheckpointError(f"cannot resume from {ckpt_path}: it was trained on classes {ckpt['classes']}, "
                               f"the data has {state.classes}; use the same data, or another --out")
@@ -566,6 +642,24 @@ def _loader(state: _State, env: _Env, epoch: int, batch_size: int, workers: int,
                       persistent_workers=False, pin_memory=env.device.type == "cuda")
 
 
+def _unlabeled_batches(state: _State, env: _Env, epoch: int, workers: int, seed: int):
+    """Endless pseudo-labeled batches for one epoch: the set is reshuffled (seeded by seed,
+    epoch and pass) each time it runs out, so a resumed run draws the same batches."""
+    for rnd in range(1 << 30):
+        if env.distributed:
+            sampler = DistributedSampler(state.unlabeled_set, num_replicas=env.world, rank=env.rank, shuffle=True,
+                                         seed=seed + 104729 * (rnd + 1))
+            sampler.set_epoch(epoch)
+        else:
+            sampler = RandomSampler(state.unlabeled_set,
+                                    generator=torch.Generator().manual_seed((seed * 1000 + epoch) * 1009 + rnd + 1))
+        loader = DataLoader(state.unlabeled_set, batch_size=state.unlabeled_batch, sampler=sampler,
+                            num_workers=workers, collate_fn=collate_skip,
+                            generator=torch.Generator().manual_seed(seed * 1000 + epoch + 7919 * env.rank + rnd + 1),
+                            persistent_workers=False, pin_memory=env.device.type == "cuda")
+        yield from loader
+
+
 def _check_loss(loss: float, env: _Env, epoch: int, step: int, optimizer: torch.optim.Optimizer,
                 run_dir: Optional[Path]) -> None:
     """Stop at the first non-finite loss (on any process), before its gradients are applied.
@@ -588,9 +682,28 @@ def _check_loss(loss: float, env: _Env, epoch: int, step: int, optimizer: torch.
             f"or train without --amp")
 
 
+def _step_loss(state: _State, recipe: Recipe, logits: torch.Tensor, y: torch.Tensor, target: Any,
+               teacher_logits: Optional[torch.Tensor], logits_u: Optional[torch.Tensor],
+               probs_u: Optional[torch.Tensor]) -> torch.Tensor:
+    """The step's loss: label CE (or the mixup/CutMix target's), blended with the teacher's
+    term as ``(1 - alpha) * CE + alpha * kd`` (:func:`~effnet.train.distill.kd_loss`), and
+    with pseudo-labeled images averaged in by count (soft-target CE, Noisy Student)."""
+    loss = (state.criterion(logits, y) if target is None
+            else MixBatch.loss(logits, target, recipe.label_smoothing))
+    if teacher_logits is not None:
+        d = state.distill
+        loss = (1.0 - d.alpha) * loss + d.alpha * kd_term(logits, teacher_logits, d.temperature, d.kind)
+    if logits_u is not None:
+        n_l, n_u = logits.shape[0], logits_u.shape[0]
+        loss = (n_l * loss + n_u * soft_cross_entropy(logits_u, probs_u)) / (n_l + n_u)
+    return loss
+
+
 def _train_epoch(state: _State, env: _Env, recipe: Recipe, epoch: int, epochs: int, loader: DataLoader,
-                 accumulation_steps: int, progress: bool, run_dir: Optional[Path]) -> Dict[str, float]:
-    """One pass over the training data; returns the epoch's metrics row (without val)."""
+                 accumulation_steps: int, progress: bool, run_dir: Optional[Path],
+                 unlabeled: Any = None) -> Dict[str, float]:
+    """One pass over the training data (with a pseudo-labeled batch per step when
+    ``unlabeled`` yields them); returns the epoch's metrics row (without val)."""
     head_only = epoch < recipe.head_only_epochs
     _set_phase(state.net, head_only)
     _train_mode(state.net, recipe.freeze_bn)
@@ -605,22 +718,38 @@ def _train_epoch(state: _State, env: _Env, recipe: Recipe, epoch: int, epochs: i
                unit="batch", disable=not (progress and env.main), dynamic_ncols=True)
     state.optimizer.zero_grad(set_to_none=True)
     micro = 0
-    for step, (x, y, bad) in enumerate(bar):
+    for step, (x, idx, bad) in enumerate(bar):
         skipped += bad
         if x is None:
             continue
+        x_u = probs_u = None
+        if unlabeled is not None:
+            x_u, idx_u, bad_u = next(unlabeled)
+            skipped += bad_u
+            if x_u is not None:
+                probs_u = state.unlabeled_probs[idx_u].to(env.device)
+                x_u = x_u.to(env.device, non_blocking=True)
         x = x.to(env.device, non_blocking=True)
-        y = y.to(env.device, non_blocking=True)
+        y = state.train_labels[idx].to(env.device)
         with torch.no_grad():
             x = state.augment(x)
             target = None
             if state.mix is not None:
                 x, target = state.mix(x, y)
+            teacher_logits = None
+            if state.cached_logits is not None:
+                teacher_logits = state.cached_logits[idx].to(env.device)
+            elif state.teacher is not None:
+                with torch.autocast(env.device.type, dtype=env.amp_dtype, enabled=env.use_amp):
+                    teacher_logits = state.teacher(x)
+            if x_u is not None:                # the same noise (augmentation) as the labeled images
+                x = torch.cat([x, state.augment(x_u)])
             x = x.contiguous(memory_format=state.memory_format)
         with torch.autocast(env.device.type, dtype=env.amp_dtype, enabled=env.use_amp):
-            logits = module(x)
-            loss = (state.criterion(logits.float(), y) if target is None
-                    else MixBatch.loss(logits.float(), target, recipe.label_smoothing))
+            out = module(x).float()
+            logits = out[:y.shape[0]]
+            loss = _step_loss(state, recipe, logits, y, target, teacher_logits,
+                              out[y.shape[0]:] if x_u is not None else None, probs_u)
         loss_value = loss.item()
         _check_loss(loss_value, env, epoch, step, state.optimizer, run_dir)
         state.scaler.scale(loss / accumulation_steps).backward()
@@ -692,7 +821,8 @@ def _save_epoch(state: _State, run_dir: Path, ckpt_path: Path, rng_states: List[
                       optimizer=state.optimizer.state_dict(), scheduler=state.scheduler.state_dict(),
                       scaler=state.scaler.state_dict(), rng=rng_states, epoch=epoch, history=state.history,
                       best_top1=state.best_top1, skipped=state.skipped, recipe=asdict(recipe),
-                      classes=list(state.classes), model_name=state.net.config.name)
+                      classes=list(state.classes), model_name=state.net.config.name,
+                      distill=state.run_inputs.get("distill"), unlabeled=state.run_inputs.get("unlabeled"))
     save_checkpoint(ckpt_path, checkpoint)
 
 
@@ -703,7 +833,8 @@ def fit(model: Union[str, nn.Module], data: Union[str, Path], epochs: int, batch
         amp: Optional[bool] = None, channels_last: bool = False, grad_checkpointing: bool = False,
         accumulation_steps: int = 1, sync_bn: bool = False, val_split: float = 0.2,
         progress: bool = True, overwrite: bool = False,
-        progressive: Union[None, str, Progressive] = None) -> FitResult:
+        progressive: Union[None, str, Progressive] = None, distill: Optional[Distillation] = None,
+        unlabeled: Optional[Unlabeled] = None) -> FitResult:
     """Train (or fine-tune) an EfficientNet on an image folder.
 
     The steps: set-up (run folder, model, data, optimizer; :func:`_build`), resume
@@ -716,7 +847,8 @@ def fit(model: Union[str, nn.Module], data: Union[str, Path], epochs: int, batch
             or one folder of class subfolders split ``val_split`` for validation with ``seed``.
         epochs: total epochs (with ``resume``, the run continues up to this many); >= 1.
         batch_size: images per step per process; >= 1.
-        recipe: a :class:`Recipe` or preset name (``paper``, ``finetune``).
+        recipe: a :class:`Recipe` or preset name (``paper``, ``finetune``, ``v2``,
+            ``noisy-student``).
         out: run folder for checkpoints and metrics (None: nothing is written). A folder that
             already holds a run is refused unless ``resume`` or ``overwrite`` is given.
         resume: continue from ``out/last.pt`` exactly where it stopped.
@@ -742,6 +874,16 @@ def fit(model: Union[str, nn.Module], data: Union[str, Path], epochs: int, batch
             :class:`~effnet.train.progressive.Progressive` with every value set; None:
             the recipe's (``v2``: paper). Each epoch's image size, RandAugment magnitude,
             mixup/CutMix alpha and dropout go into ``metrics.csv``.
+        distill: knowledge distillation from a teacher
+            (:class:`~effnet.train.distill.Distillation`): the labeled loss becomes
+            ``(1 - alpha) * CE + alpha * T^2 * KL`` (or CE on the teacher's argmax), the
+            teacher run frozen on the student's augmented batch (its own size, mean and std;
+            one copy per process under torchrun) or read from a logit cache.
+        unlabeled: Noisy Student (:class:`~effnet.train.distill.Unlabeled`): each step adds
+            ``ratio * batch_size`` pseudo-labeled photos, with the same noise (augmentation,
+            dropout, drop path), trained on their soft labels; the loss averages over all
+            images of the step. Checked against the data's classes and, with a teacher,
+            against the teacher that made the labels.
 
     Returns:
         :class:`FitResult`.
@@ -751,6 +893,9 @@ def fit(model: Union[str, nn.Module], data: Union[str, Path], epochs: int, batch
             classes, class folders without images, train/ and val/ with different classes,
             no readable image in an epoch; ``resume`` without ``out``; a progressive
             schedule with more stages than epochs or a minimum above its maximum.
+        DistillError: a teacher whose classes differ from the data's without a class map;
+            a logit cache or pseudo-label file of another teacher, other classes or other
+            photos; an unlabeled file with no rows.
         FileExistsError: ``out`` holds a run and neither ``resume`` nor ``overwrite`` is given.
         FileNotFoundError: ``resume`` without a checkpoint in ``out``, or missing data.
         CheckpointError: ``out/last.pt`` is truncated, hostile or of another run.
@@ -769,6 +914,8 @@ def fit(model: Union[str, nn.Module], data: Union[str, Path], epochs: int, batch
     random.seed(seed + env.rank)
     state = _build(model, data, recipe, env, batch_size, pretrained, weights, image_size, lr, channels_last,
                    grad_checkpointing, accumulation_steps, sync_bn, val_split, seed, progressive)
+    if distill is not None or unlabeled is not None:
+        _attach_teachers(state, env, Path(data), batch_size, distill, unlabeled)
     if state.progressive is not None:
         state.progressive.check_epochs(epochs)
     if resume:
@@ -787,7 +934,10 @@ def fit(model: Union[str, nn.Module], data: Union[str, Path], epochs: int, batch
         for epoch in range(state.start_epoch, epochs):
             stage = _apply_stage(state, env, recipe, epoch, epochs)
             loader = _loader(state, env, epoch, batch_size, workers, seed)
-            row = _train_epoch(state, env, recipe, epoch, epochs, loader, accumulation_steps, progress, run_dir)
+            pseudo = (_unlabeled_batches(state, env, epoch, workers, seed) if state.unlabeled_set is not None
+                      else None)
+            row = _train_epoch(state, env, recipe, epoch, epochs, loader, accumulation_steps, progress, run_dir,
+                               pseudo)
             row.update(stage)
             if env.main:
                 row.update(_validate(state, env, batch_size, workers, seed))

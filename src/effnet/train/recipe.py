@@ -48,6 +48,8 @@ class Recipe:
             shows objects larger in training than a center crop does at the same size.
         eval_crop_pct: the center crop of validation and of the saved model (None: the
             weights' own ``crop_pct``).
+        magnitude: RandAugment magnitude on the TF scale of the papers' code (10 = each
+            op's full range; see :class:`~effnet.train.TrainAugment`); None: kornia's m=9.
         progressive: progressive learning (:mod:`effnet.train.progressive`): ``paper``
             (V2 Algorithm 1), ``automl`` (the official code's variant) or None (off); the
             schedule is the model's Table 6 row ending at the run's training size.
@@ -76,6 +78,7 @@ class Recipe:
     train_size_scale: float = 1.0
     eval_size_scale: float = 1.0
     eval_crop_pct: Optional[float] = None
+    magnitude: Optional[float] = None
     progressive: Optional[str] = None
 
     def __post_init__(self) -> None:
@@ -92,6 +95,15 @@ class Recipe:
                 raise ValueError(f"{field} must be in [0.25, 4], got {getattr(self, field)}")
         if self.eval_crop_pct is not None and not 0 < self.eval_crop_pct <= 1:
             raise ValueError(f"eval_crop_pct must be in (0, 1] or None, got {self.eval_crop_pct}")
+        if self.magnitude is not None and not 0 <= self.magnitude < 30:
+            raise ValueError(f"magnitude must be in [0, 30) or None, got {self.magnitude}")
+        if self.magnitude is not None and self.augment != "randaugment":
+            raise ValueError(f"magnitude is RandAugment's; this recipe augments with {self.augment!r} (add "
+                             f"--augment randaugment, or drop --magnitude)")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1) or None, got {self.dropout}")
+        if not 0 <= self.drop_path_rate < 1:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay}")
 
@@ -128,6 +140,14 @@ RECIPES = {
     # RandAugment, and progressive learning (Table 6) on.
     "v2": Recipe("v2", augment="randaugment", progressive="paper"),
 }
+# Noisy Student (Xie et al. 2020, Sec. 3 and 4): the student is noised with stochastic depth
+# (survival 0.8 for the last block, drop_path 0.2), dropout 0.5 on the classifier and
+# RandAugment N=2, M=27. Here on top of the fine-tuning recipe, since effnet's students start
+# from ImageNet weights on small sets; every value is a flag (--dropout, --drop-path,
+# --magnitude). M=27 on the TF scale goes beyond each op's full range (10); kornia cannot
+# extrapolate, so it runs at its full range (TrainAugment).
+RECIPES["noisy-student"] = RECIPES["finetune"].replace(name="noisy-student", dropout=0.5, drop_path_rate=0.2,
+                                                       magnitude=27.0)
 
 
 def get_recipe(name: str) -> Recipe:
