@@ -115,27 +115,16 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _collect_images(inputs: Sequence[str]) -> list[Path]:
-    from .data import IMAGE_EXTENSIONS
+    from .data import list_images
 
     files: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS))
+            files.extend(list_images(p))
         else:
             files.append(p)
     return files
-
-
-def _class_names(model) -> list[str]:
-    """The model's own class names, ImageNet's for a 1000-class model, else class_<i>."""
-    from .data import imagenet_class_names
-
-    if getattr(model, "class_names", None):
-        return list(model.class_names)
-    if model.num_classes == 1000:
-        return imagenet_class_names()
-    return [f"class_{i}" for i in range(model.num_classes)]
 
 
 def _build_model(args: argparse.Namespace, warn_random: bool = True):
@@ -166,9 +155,7 @@ def _build_model(args: argparse.Namespace, warn_random: bool = True):
 def _cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
-    from .data import ImageDecodeError, eval_transform, load_transformed
-
-    from .data import IMAGE_EXTENSIONS
+    from .data import IMAGE_EXTENSIONS, ImageDecodeError, eval_transform, load_transformed, model_class_names
 
     files = _collect_images(args.inputs)
     if not files:
@@ -176,7 +163,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                          f"{', '.join(IMAGE_EXTENSIONS)} (folders are searched recursively)")
     model = _build_model(args)
     transform = eval_transform(model.config)
-    names = _class_names(model)
+    names = model_class_names(model)
     from .analysis import INT8_ENGINES, build_engine
     from .deploy import calibration_batches
 
@@ -329,10 +316,8 @@ def _distillation(args: argparse.Namespace):
         distill = Distillation(teacher=args.teacher, teacher_weights=args.teacher_weights,
                                temperature=args.kd_temperature, alpha=args.kd_alpha, kind=args.kd_type,
                                cache=args.kd_cache, class_map=args.kd_class_map)
-    unlabeled = None
-    if args.unlabeled is not None:
-        unlabeled = Unlabeled(args.unlabeled, ratio=args.unlabeled_ratio or 1.0, teacher=args.teacher,
-                              teacher_weights=args.teacher_weights)
+    # With --teacher, fit checks the labels against the distillation teacher: no second copy.
+    unlabeled = Unlabeled(args.unlabeled, ratio=args.unlabeled_ratio or 1.0) if args.unlabeled is not None else None
     return distill, unlabeled
 
 
@@ -504,7 +489,7 @@ def _cmd_cam(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .analysis import cam
-    from .data import CROP_FUNCTIONS, IMAGE_EXTENSIONS, ImageDecodeError, load_image, to_tensor
+    from .data import CROP_FUNCTIONS, IMAGE_EXTENSIONS, ImageDecodeError, load_image, model_class_names, to_tensor
     from .plots import plot_cam_grid, plot_cam_rows, upsample_cam
 
     files = _collect_images(args.inputs)
@@ -531,7 +516,7 @@ def _cmd_cam(args: argparse.Namespace) -> int:
             x = to_tensor(crop, pre.mean, pre.std)[None]
             maps, logits = cam(model, x, return_logits=True)
             probs = logits.float().softmax(dim=1)[0]
-            names = _class_names(model)
+            names = model_class_names(model)
             top = probs.topk(min(args.topk, probs.numel()))
             k = int(top.indices[0])
             entries.append(dict(label=label, photo=np.asarray(crop),

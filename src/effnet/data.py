@@ -57,6 +57,8 @@ __all__ = [
     "ImageDataset",
     "collate_skip",
     "imagenet_class_names",
+    "model_class_names",
+    "list_images",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -621,6 +623,22 @@ def collate_skip(batch):
     if not good:
         return None, torch.empty(0, dtype=torch.long), skipped
     return torch.stack([b[0] for b in good]), torch.tensor([b[1] for b in good]), skipped
+
+
+def list_images(folder: Union[str, os.PathLike]) -> List[Path]:
+    """Every file under ``folder`` (any depth) whose name ends in one of
+    :data:`IMAGE_EXTENSIONS` (any case), sorted by path."""
+    return sorted(f for f in Path(folder).rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def model_class_names(model: torch.nn.Module) -> List[str]:
+    """A classifier's class names by index: its own ``class_names``, ImageNet's for a
+    1000-class model without names, else ``class_<i>``."""
+    if getattr(model, "class_names", None):
+        return list(model.class_names)
+    if model.num_classes == 1000:
+        return imagenet_class_names()
+    return [f"class_{i}" for i in range(model.num_classes)]
 
 
 def imagenet_class_names() -> List[str]:

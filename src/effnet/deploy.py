@@ -316,12 +316,11 @@ def calibration_batches(model: nn.Module, images: Union[str, os.PathLike, Sequen
         check_int("size", size, 1)
     import dataclasses
 
-    from .data import IMAGE_EXTENSIONS, ImageDecodeError, data_dir, eval_transform, load_transformed
+    from .data import ImageDecodeError, data_dir, eval_transform, list_images, load_transformed
 
     if images is None or isinstance(images, (str, os.PathLike)):
         root = Path(images) if images is not None else data_dir() / "imagenet-samples" / "images"
-        files = (sorted(f for f in root.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS) if root.is_dir()
-                 else [root] if root.is_file() else [])
+        files = list_images(root) if root.is_dir() else [root] if root.is_file() else []
         where = str(root)
     else:
         files, where = [Path(f) for f in images], "the given list"

@@ -405,10 +405,10 @@ def _failure(out: Path, trial: Trial) -> Optional[str]:
 
 
 def _train_images(data: Path) -> int:
-    from .data import IMAGE_EXTENSIONS
+    from .data import list_images
+    from .train.loop import training_root
 
-    root = data / "train" if (data / "train").is_dir() and (data / "val").is_dir() else data
-    return sum(1 for f in root.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
+    return len(list_images(training_root(data)))
 
 
 def epoch_seconds(trial: Trial, settings: TrialSettings, threads: Optional[int] = None) -> float:

@@ -281,17 +281,6 @@ def class_index(teacher_classes: Sequence[str], student_classes: Sequence[str],
                         dtype=torch.long)
 
 
-def model_classes(model: nn.Module) -> List[str]:
-    """A model's class names: its own, ImageNet's for a 1000-class model, else ``class_<i>``."""
-    from ..data import imagenet_class_names
-
-    if getattr(model, "class_names", None):
-        return list(model.class_names)
-    if model.num_classes == 1000:
-        return imagenet_class_names()
-    return [f"class_{i}" for i in range(model.num_classes)]
-
-
 class Teacher(nn.Module):
     """A frozen teacher that reads the student's batch.
 
@@ -343,12 +332,30 @@ class Teacher(nn.Module):
         return logits[:, self.index] if self.index.numel() else logits
 
 
+def load_teacher_for(teacher: Any, weights: Optional[str], classes: Optional[Sequence[str]],
+                     class_map: Any = None) -> Tuple[nn.Module, str, Optional[torch.Tensor], List[str]]:
+    """Load a teacher (:func:`load_teacher`) and match its classes to ``classes`` (None: the
+    teacher's own) through :func:`class_index`.
+
+    Returns:
+        ``(model, name, index or None, classes)``.
+
+    Raises:
+        DistillError: as :func:`load_teacher`, :func:`read_class_map` and :func:`class_index`.
+    """
+    from ..data import model_class_names
+
+    model, name = load_teacher(teacher, weights)
+    teacher_classes = model_class_names(model)
+    classes = list(classes) if classes is not None else teacher_classes
+    return model, name, class_index(teacher_classes, classes, read_class_map(class_map)), classes
+
+
 def build_teacher(teacher: Any, weights: Optional[str], student_classes: Sequence[str], student_mean: Sequence[float],
                   student_std: Sequence[float], class_map: Any = None) -> Teacher:
-    """Load a teacher (:func:`load_teacher`) and check its classes against the student's
-    (:func:`class_index`). Raises :class:`DistillError` as those do."""
-    model, name = load_teacher(teacher, weights)
-    index = class_index(model_classes(model), student_classes, read_class_map(class_map))
+    """A :class:`Teacher` for the student's classes (:func:`load_teacher_for`). Raises
+    :class:`DistillError` as that does."""
+    model, name, index, _ = load_teacher_for(teacher, weights, student_classes, class_map)
     return Teacher(model, student_mean, student_std, index, name)
 
 
@@ -433,13 +440,12 @@ def _teacher_outputs(teacher: nn.Module, files: Sequence[Path], index: Optional[
 def _training_files(data: Path) -> Tuple[Path, List[Path], List[str]]:
     """(root, every training image under it, classes): ``data/train`` when ``data`` has
     train/ and val/, else all of ``data`` (a split run draws its train part from it)."""
-    from ..data import IMAGE_EXTENSIONS
-    from .loop import check_data
+    from ..data import list_images
+    from .loop import check_data, training_root
 
     classes = check_data(data)
-    root = data / "train" if (data / "train").is_dir() and (data / "val").is_dir() else data
-    files = [f for c in classes for f in sorted((root / c).rglob("*")) if f.suffix.lower() in IMAGE_EXTENSIONS]
-    return root, files, classes
+    root = training_root(data)
+    return root, [f for c in classes for f in list_images(root / c)], classes
 
 
 def write_logit_cache(teacher: Any, data: Union[str, Path], out: Union[str, Path], teacher_weights: Optional[str] = None,
@@ -473,8 +479,7 @@ def write_logit_cache(teacher: Any, data: Union[str, Path], out: Union[str, Path
 
     data = Path(data)
     root, files, classes = _training_files(data)
-    model, name = load_teacher(teacher, teacher_weights)
-    index = class_index(model_classes(model), classes, read_class_map(class_map))
+    model, name, index, _ = load_teacher_for(teacher, teacher_weights, classes, class_map)
     logits, kept, skipped = _teacher_outputs(model, files, index, batch_size, workers, device, progress,
                                              "teacher logits")
     if not kept:
@@ -558,11 +563,11 @@ class LogitCache:
 # ---- Noisy Student: pseudo-labels ----------------------------------------------------------------
 
 def _unlabeled_files(folder: Path) -> List[Path]:
-    from ..data import IMAGE_EXTENSIONS
+    from ..data import IMAGE_EXTENSIONS, list_images
 
     if not folder.is_dir():
         raise DistillError(f"unlabeled folder not found: {folder}")
-    files = sorted(f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+    files = [f for f in list_images(folder) if f.is_file()]
     if not files:
         raise DistillError(f"unlabeled folder {folder} holds no images (looked for "
                            f"{', '.join(IMAGE_EXTENSIONS)}, recursively); put the unlabeled photos there")
@@ -627,10 +632,7 @@ def pseudo_label(teacher: Any, unlabeled: Union[str, Path], out: Union[str, Path
     if not (math.isfinite(temperature) and temperature > 0):
         raise DistillError(f"temperature must be > 0, got {temperature}")
     files = _unlabeled_files(Path(unlabeled))
-    model, name = load_teacher(teacher, teacher_weights)
-    teacher_classes = model_classes(model)
-    classes = list(classes) if classes is not None else teacher_classes
-    index = class_index(teacher_classes, classes, read_class_map(class_map))
+    model, name, index, classes = load_teacher_for(teacher, teacher_weights, classes, class_map)
     logits, kept, skipped = _teacher_outputs(model, files, index, batch_size, workers, device, progress,
                                              "pseudo-labels")
     for reason in skipped:

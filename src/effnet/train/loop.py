@@ -19,6 +19,7 @@ import csv
 import dataclasses
 import errno
 import io
+import itertools
 import math
 import os
 import pickle
@@ -133,8 +134,14 @@ def check_data(data: Union[str, Path]) -> List[str]:
         raise FileNotFoundError(f"data folder not found: {data}; expected {data}/train/<class>/<image> and "
                                 f"{data}/val/<class>/<image>, or {data}/<class>/<image>")
     _check_classes(data)
-    split = (data / "train").is_dir() and (data / "val").is_dir()
-    return list(_class_folders(data / "train" if split else data))
+    return list(_class_folders(training_root(data)))
+
+
+def training_root(data: Union[str, Path]) -> Path:
+    """The folder a run trains from: ``data/train`` when ``data`` has ``train/`` and ``val/``,
+    else ``data`` itself (split for validation by ``fit``)."""
+    data = Path(data)
+    return data / "train" if (data / "train").is_dir() and (data / "val").is_dir() else data
 
 
 def make_datasets(data: Union[str, Path], size: int, preprocess: PreprocessConfig, val_split: float = 0.2,
@@ -510,10 +517,6 @@ def _build(model: Union[str, nn.Module], data: Union[str, Path], recipe: Recipe,
                   memory_format, drop_last, preprocess=preprocess, progressive=schedule, train_labels=train_labels)
 
 
-def _training_root(data: Path) -> Path:
-    return data / "train" if (data / "train").is_dir() and (data / "val").is_dir() else data
-
-
 def _attach_teachers(state: _State, env: _Env, data: Path, batch_size: int, distill: Optional[Distillation],
                      unlabeled: Optional[Unlabeled]) -> None:
     """Set up distillation (an online teacher, or cached logits per training item) and
@@ -542,7 +545,7 @@ def _attach_teachers(state: _State, env: _Env, data: Path, batch_size: int, dist
             if state.progressive is not None and state.progressive.max_mixup > 0:
                 raise DistillError("cached teacher logits belong to whole photos, not to mixup/CutMix blends; "
                                    "distill with the teacher online (no --kd-cache) or turn mixup off")
-            state.cached_logits = cache.for_dataset(state.train_set, _training_root(data), state.classes)
+            state.cached_logits = cache.for_dataset(state.train_set, training_root(data), state.classes)
             fingerprint, teacher_name = fingerprint or cache.fingerprint, teacher_name or cache.teacher
         else:
             state.teacher = teacher.to(env.device)
@@ -553,7 +556,9 @@ def _attach_teachers(state: _State, env: _Env, data: Path, batch_size: int, dist
         from ..data import ImageDataset
 
         labels = PseudoLabels(unlabeled.labels)
-        if unlabeled.teacher is not None:
+        same = distill is not None and (unlabeled.teacher, unlabeled.teacher_weights) == (distill.teacher,
+                                                                                         distill.teacher_weights)
+        if unlabeled.teacher is not None and not same:      # else checked against the teacher loaded above
             model, teacher_name = load_teacher(unlabeled.teacher, unlabeled.teacher_weights)
             fingerprint = teacher_fingerprint(model)
         labels.check(state.classes, fingerprint, teacher_name)
@@ -645,7 +650,7 @@ def _loader(state: _State, env: _Env, epoch: int, batch_size: int, workers: int,
 def _unlabeled_batches(state: _State, env: _Env, epoch: int, workers: int, seed: int):
     """Endless pseudo-labeled batches for one epoch: the set is reshuffled (seeded by seed,
     epoch and pass) each time it runs out, so a resumed run draws the same batches."""
-    for rnd in range(1 << 30):
+    for rnd in itertools.count():
         if env.distributed:
             sampler = DistributedSampler(state.unlabeled_set, num_replicas=env.world, rank=env.rank, shuffle=True,
                                          seed=seed + 104729 * (rnd + 1))
