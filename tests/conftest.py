@@ -34,6 +34,14 @@ def copy_subset(src: Path, dst: Path, classes: tuple, per_split: dict) -> Path:
     return dst
 
 
+def csv_rows(path: Path) -> list:
+    """The rows of a CSV with a header (metrics.csv, trials.csv, labels.csv) as dicts."""
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Give every BatchNorm non-trivial affine parameters and running statistics.
 

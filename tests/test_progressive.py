@@ -2,7 +2,6 @@
 efficientnetv2/main.py for the ``automl`` variant): the schedules, the batched mixup/CutMix,
 and a real (tiny) run that records its schedule and resumes exactly."""
 
-import csv
 import os
 import signal
 import subprocess
@@ -13,7 +12,7 @@ import torch
 
 from effnet.train import RECIPES, MixBatch, Progressive, fit, progressive_preset
 
-from conftest import copy_subset, kill_after_first_checkpoint
+from conftest import copy_subset, csv_rows, kill_after_first_checkpoint
 
 EFFNET = [sys.executable, "-m", "effnet.cli"]
 
@@ -114,17 +113,12 @@ def photos(tmp_path, data):
                        {"train": 8, "val": 4})
 
 
-def _metrics(path):
-    with open(path) as f:
-        return list(csv.DictReader(f))
-
-
 def test_tiny_progressive_run_writes_its_schedule(photos, tmp_path):
     schedule = Progressive(stages=2, min_size=32, max_size=48, min_magnitude=5, max_magnitude=10,
                            min_mixup=0.0, max_mixup=0.2, min_dropout=0.1, max_dropout=0.3, variant="paper")
     r = fit("efficientnetv2_b0", photos, epochs=2, batch_size=4, recipe="v2", progressive=schedule,
             out=tmp_path / "run", workers=0, progress=False)
-    rows = _metrics(tmp_path / "run" / "metrics.csv")
+    rows = csv_rows(tmp_path / "run" / "metrics.csv")
     assert [(int(r["image_size"]), float(r["magnitude"]), float(r["mixup"]), float(r["dropout"])) for r in rows] == \
            [(32, 5.0, 0.0, 0.1), (48, 10.0, 0.2, 0.3)]
     assert r.model.dropout.p == 0.3 and len(r.history) == 2
@@ -166,5 +160,5 @@ def test_run_killed_in_stage_2_resumes_identical(photos, tmp_path):
         for k in a[key]:
             assert torch.equal(a[key][k], b[key][k]), f"{key}.{k} differs after resume"
     assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
-    sizes = [int(r["image_size"]) for r in _metrics(tmp_path / "killed" / "metrics.csv")]
-    assert sizes == [32, 48, 48] and [r["mixup"] for r in _metrics(tmp_path / "killed" / "metrics.csv")][-1] == "0.2"
+    sizes = [int(r["image_size"]) for r in csv_rows(tmp_path / "killed" / "metrics.csv")]
+    assert sizes == [32, 48, 48] and [r["mixup"] for r in csv_rows(tmp_path / "killed" / "metrics.csv")][-1] == "0.2"

@@ -9,14 +9,12 @@ import gzip
 import http.server
 import io
 import json
-import math
 import os
 import struct
 import tarfile
 import threading
 import time
 import warnings
-from pathlib import Path
 
 import pytest
 import torch

@@ -1,7 +1,6 @@
 """The alpha/beta/gamma grid search and the sweeps: the grid against Eq. 3, and tiny real
 searches on flowers12 photos, in process and on Ray Tune, killed and continued."""
 
-import csv
 import json
 import os
 import shutil
@@ -12,7 +11,7 @@ import time
 
 import pytest
 from PIL import Image
-from conftest import copy_subset
+from conftest import copy_subset, csv_rows
 
 from effnet import search as S
 from effnet.scaling import candidate_grid, flops_factor, grid_values
@@ -26,11 +25,6 @@ def proxy(tmp_path, data):
     """2 flower species from flowers12, 4 train and 2 val photos each."""
     return copy_subset(data / "proxy" / "flowers12", tmp_path / "proxy", ("daisy", "sunflower"),
                        {"train": 4, "val": 2})
-
-
-def _rows(path):
-    with open(path) as f:
-        return list(csv.DictReader(f))
 
 
 def test_grid_values_are_exact_and_inclusive():
@@ -87,7 +81,7 @@ def test_sweep_trials_follow_fig3_and_share_the_baseline():
 
 
 def _check_study(out, image, kind):
-    rows = _rows(out / "trials.csv")
+    rows = csv_rows(out / "trials.csv")
     assert list(rows[0]) == S.TRIAL_COLUMNS + (["score"] if kind == "search" else [])
     assert all(r["status"] == "done" for r in rows)
     for r in rows:
@@ -116,7 +110,7 @@ def test_search_in_process_writes_trials_and_plot(proxy, tmp_path):
     # a second run trains nothing and gives the same table
     again = subprocess.run(cmd, capture_output=True, text=True)
     assert again.returncode == 0 and "2 of 2 networks already trained; training 0" in again.stdout
-    assert _rows(out / "trials.csv") == rows
+    assert csv_rows(out / "trials.csv") == rows
 
 
 def test_killed_search_trains_only_the_rest(proxy, tmp_path):
@@ -147,8 +141,8 @@ def test_killed_search_trains_only_the_rest(proxy, tmp_path):
     assert "1 of 3 networks already trained; training 2" in r.stdout
     assert "resumed from" in r.stdout                                   # the half-finished trial
     assert (first.read_bytes(), first.stat().st_mtime_ns, (first.parent / "metrics.csv").read_bytes()) == before
-    assert [int(x["epoch"]) for x in _rows(second / "metrics.csv")] == [1, 2]
-    assert len(_rows(out / "trials.csv")) == 3
+    assert [int(x["epoch"]) for x in csv_rows(second / "metrics.csv")] == [1, 2]
+    assert len(csv_rows(out / "trials.csv")) == 3
 
 
 def test_search_on_ray_tune(proxy, tmp_path):

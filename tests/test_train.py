@@ -1,6 +1,5 @@
 """Training: the recipe's pieces against their definitions, and real runs on the ants/bees photos."""
 
-import csv
 import math
 import os
 import signal
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch.optim.swa_utils import AveragedModel
-from conftest import copy_subset, kill_after_first_checkpoint
+from conftest import copy_subset, csv_rows, kill_after_first_checkpoint
 
 import effnet
 from effnet.train import RECIPES, RMSpropTF, fit, lr_factor, param_groups, tf_ema
@@ -120,7 +119,7 @@ def test_finetune_skips_corrupt_images_and_writes_the_run(small_set, tmp_path, d
     for name in ("last.pt", "metrics.csv", "curves.png", "best/config.json", "best/model.safetensors"):
         assert (run / name).is_file(), name
     assert list((run / "tb").iterdir())
-    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    rows = csv_rows(run / "metrics.csv")
     assert [int(r["epoch"]) for r in rows] == [1, 2] and all(r["skipped"] == "1" for r in rows)
     best = effnet.from_pretrained(run / "best")
     assert best.class_names == ["ants", "bees"]
@@ -195,7 +194,7 @@ def test_torchrun_two_processes_one_epoch(data, tmp_path):
     assert "best val top-1" in run.stdout and run.stdout.count("epoch 1/1:") == 1      # rank 0 logs alone
     ckpt = torch.load(tmp_path / "ddp" / "last.pt", weights_only=False)
     assert ckpt["epoch"] == 0 and len(ckpt["rng"]) == 2                                # both ranks' RNG
-    rows = list(csv.DictReader(open(tmp_path / "ddp" / "metrics.csv")))
+    rows = csv_rows(tmp_path / "ddp" / "metrics.csv")
     assert len(rows) == 1 and float(rows[0]["val_top1"]) > 50
     print("torchrun 2x CPU, 1 epoch: val top-1", rows[0]["val_top1"])
 

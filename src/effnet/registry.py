@@ -31,7 +31,7 @@ from .model import ConvNet, EfficientNet
 from .weights import PackageFile, fetch, load_weights, package_file, read_weight_file, resolve_source_path
 from .weights.load import CONFIG_NAME, ConfigError, read_folder_config
 from .scaling import (EFFICIENTNET_SCALING, EFFICIENTNETV2_SCALING, EFFICIENTNETV2_TRAIN_SIZE, LITE_SCALING, PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, Scaling, compound,
-                      estimate_activations, estimate_params, scale_network)
+                      estimate_params, scale_network)
 from .specs import (EFFICIENTNET_B0, EFFICIENTNET_LITE0, EFFICIENTNETV2_BASE, EFFICIENTNETV2_L, EFFICIENTNETV2_M,
                     EFFICIENTNETV2_S, EFFICIENTNETV2_XL, MOBILENET_V1, MOBILENET_V2, RESNET50, NetworkSpec)
 
