@@ -24,7 +24,7 @@ import torch
 
 import effnet
 from effnet import deploy
-from effnet.analysis import build_engine
+from effnet.deploy import build_engine
 from effnet.data import ImageDataset, data_dir, eval_transform
 from effnet.registry import PreprocessConfig
 

@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 import effnet
-from effnet.analysis import INT8_ENGINES, benchmark, paired_ratio
+from effnet.analysis import benchmark, paired_ratio
+from effnet.deploy import INT8_ENGINES
 from effnet.deploy import calibration_batches
 
 

@@ -68,7 +68,7 @@ def test_openvino_matches_eager_at_every_batch_split(name, tmp_path):
 
 @pytest.mark.parametrize("name, se_blocks", [("efficientnet_b0", 16), ("efficientnet_b3", 26)])
 def test_blocked_se_graph_rewrites_the_se_blocks_and_computes_the_same(name, se_blocks, tmp_path):
-    from effnet.ort_graph import blocked_se_graph, nchwc_block_size, ort_optimized_graph
+    from effnet.deploy.ort_graph import blocked_se_graph, nchwc_block_size, ort_optimized_graph
 
     torch.manual_seed(0)
     model = randomize_bn(effnet.create_model(name)).eval()
@@ -98,7 +98,7 @@ def test_blocked_se_graph_rewrites_the_se_blocks_and_computes_the_same(name, se_
 
 
 def test_blocked_session_falls_back_when_the_rewrite_is_wrong(tmp_path, monkeypatch):
-    import effnet.ort_graph as og
+    import effnet.deploy.ort_graph as og
     from onnx import numpy_helper
 
     torch.manual_seed(0)
@@ -157,7 +157,7 @@ def test_openvino_missing_is_a_clear_error(monkeypatch, tmp_path):
 
 def test_export_refuses_a_wrong_model(tmp_path, monkeypatch):
     model = effnet.create_model("efficientnet_lite0").eval()
-    monkeypatch.setattr(deploy, "fold_bn", lambda m: _Broken(m))     # a "fold" that changes the function
+    monkeypatch.setattr(deploy.export, "fold_bn", lambda m: _Broken(m))     # a "fold" that changes the function
     with pytest.raises(deploy.ExportError, match="differs from eager"):
         deploy.export_onnx(model, tmp_path / "bad.onnx", input_size=64)
     assert not (tmp_path / "bad.onnx").exists()

@@ -7,14 +7,15 @@ counted in a fraction of a second without allocating its weights or activations.
 
 from __future__ import annotations
 
-import copy
 from typing import Sequence
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_params", "count_macs", "model_stats", "ENGINES", "INT8_ENGINES", "build_engine", "benchmark",
+from .deploy import build_engine
+
+__all__ = ["count_params", "count_macs", "model_stats", "benchmark",
            "time_engines", "paired_ratio", "reference_models", "format_table", "cam"]
 
 
@@ -187,10 +188,6 @@ def cam(model: nn.Module, x: torch.Tensor, class_index=None, *, return_logits: b
 
 # ---- latency / throughput benchmarks ----------------------------------------------------------
 
-ENGINES = ("eager", "channels_last", "compile", "onnx", "openvino", "onnx-int8", "openvino-int8")
-INT8_ENGINES = ("onnx-int8", "openvino-int8")
-
-
 def _peak_rss_reset() -> int:
     """Reset the kernel's peak-RSS mark (Linux /proc/self/clear_refs) and return current RSS in bytes."""
     try:
@@ -210,64 +207,6 @@ def _status_kb(field: str) -> int:
     except OSError:
         pass
     return 0
-
-
-def build_engine(model: nn.Module, engine: str, resolution: int, calibration=None, workdir=None):
-    """A callable ``f(x: Tensor (N, C, H, W) float32) -> Tensor (N, classes)`` running ``model`` with ``engine``.
-
-    Engines (:data:`ENGINES`):
-
-    - ``eager``: PyTorch, fp32, NCHW.
-    - ``channels_last``: PyTorch with NHWC memory format.
-    - ``compile``: torch.compile (inductor, freezing) of the BN-folded model.
-    - ``onnx``: BN folded, exported, verified and run in onnxruntime with all graph optimisations.
-    - ``openvino``: that ONNX file compiled by OpenVINO, fp32, static shapes
-      (:class:`~effnet.deploy.OpenVinoModel`; needs ``pip install 'effnet[openvino]'``).
-    - ``onnx-int8`` / ``openvino-int8``: the ONNX file statically quantized to INT8, calibrated
-      on ``calibration`` (a list of preprocessed float32 (N, C, H, W) batches of real images),
-      run in onnxruntime / OpenVINO.
-
-    ONNX engines use ``torch.get_num_threads()`` threads.
-
-    Raises:
-        ValueError: an unknown engine, or an INT8 engine without calibration batches.
-        ImportError: ``openvino*`` without OpenVINO installed.
-    """
-    import tempfile
-    from pathlib import Path
-
-    from . import deploy
-
-    model = model.eval()
-    if engine == "eager":
-        return lambda x: model(x)
-    if engine == "channels_last":
-        m = copy.deepcopy(model).to(memory_format=torch.channels_last)
-        return lambda x: m(x.contiguous(memory_format=torch.channels_last))
-    if engine == "compile":
-        import torch._inductor.config as inductor_config
-
-        inductor_config.freezing = True
-        compiled = torch.compile(deploy.fold_bn(model))
-        return lambda x: compiled(x)
-    if engine in ("onnx", "openvino") + INT8_ENGINES:
-        if engine in INT8_ENGINES and not calibration:
-            raise ValueError(f"{engine} needs calibration batches (preprocessed real images)")
-        if engine.startswith("openvino"):
-            deploy.OpenVinoModel.check_available()
-        # A folder of our own is removed when the engine is dropped, or at exit (weakref.finalize
-        # of TemporaryDirectory): OpenVINO reads the file again for each new input shape.
-        tmp = None if workdir else tempfile.TemporaryDirectory(prefix="effnet-bench-")
-        d = Path(workdir or tmp.name)
-        path = deploy.export_onnx(model, d / "model.onnx", input_size=resolution)
-        if engine in INT8_ENGINES:
-            path = deploy.quantize_onnx_int8(path, d / "model-int8.onnx", calibration)
-        if engine.startswith("openvino"):
-            runner = deploy.OpenVinoModel(path, threads=torch.get_num_threads())
-        else:
-            runner = deploy.OnnxModel(path, threads=torch.get_num_threads())
-        return lambda x, _keep=tmp: torch.from_numpy(runner(x))
-    raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
 
 
 def time_engines(runs: dict, batch_sizes: Sequence[int], resolution: int, in_chans: int = 3, iters: int = 10,
@@ -375,7 +314,7 @@ def benchmark(model: nn.Module, engines: Sequence[str] = ("eager",), batch_sizes
 
     Args:
         model: an EfficientNet in eval mode.
-        engines: names from :data:`ENGINES`.
+        engines: names from :data:`effnet.deploy.ENGINES`.
         resolution: input side in pixels (default: the model's preprocessing size).
         iters: timed runs at the small batch size over all rounds (half as many at the large).
         calibration: preprocessed real-image batches for the INT8 engines.

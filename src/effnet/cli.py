@@ -164,7 +164,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     model = _build_model(args)
     transform = eval_transform(model.config)
     names = model_class_names(model)
-    from .analysis import INT8_ENGINES, build_engine
+    from .deploy import INT8_ENGINES, build_engine
     from .deploy import calibration_batches
 
     calibration = calibration_batches(model, args.calibration) if args.engine in INT8_ENGINES else None
@@ -406,7 +406,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from .analysis import INT8_ENGINES, benchmark, format_table
+    from .analysis import benchmark, format_table
+    from .deploy import INT8_ENGINES
     from .deploy import calibration_batches
 
     if args.threads:
