@@ -108,3 +108,60 @@ def kill_after_first_checkpoint(cmd: list, ckpt: Path, env: dict) -> int:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     return proc.wait()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """``effnet <command> ... --port P`` in a subprocess bound to 127.0.0.1, stopped by its own handle.
+
+    ``with ServerProcess(["serve", "--model", ...]) as url:`` waits until ``/health`` answers
+    (failing with the server's stderr if it exits or takes over ``timeout`` seconds) and on exit
+    sends SIGTERM, then SIGKILL after 15 s.
+    """
+
+    def __init__(self, args: list, timeout: float = 180.0) -> None:
+        self.args, self.timeout, self.port = args, timeout, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> str:
+        import sys
+        import tempfile
+        import urllib.request
+
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen([sys.executable, "-m", "effnet.cli", *self.args, "--host", "127.0.0.1",
+                                      "--port", str(self.port)], stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + self.timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                self.__exit__(None, None, None)
+                pytest.fail(f"effnet {' '.join(self.args)} exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        return self.url
+            except OSError:
+                time.sleep(0.25)
+        self.__exit__(None, None, None)
+        pytest.fail(f"effnet {' '.join(self.args)} did not answer /health in {self.timeout} s:\n{self.output()}")
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-4000:]
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

@@ -217,6 +217,24 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .deploy import INT8_ENGINES, calibration_batches
+    from .serve.server import Classifier, ServeConfig, serve, warm_up
+
+    config = ServeConfig(max_batch=args.max_batch, batch_timeout_ms=args.batch_timeout_ms,
+                         max_upload_mb=args.max_upload_mb, max_files=args.max_files)
+    app = args.command == "app"
+    model = _build_model(args)
+    calibration = calibration_batches(model, args.calibration) if args.engine in INT8_ENGINES else None
+    classifier = Classifier(model, args.engine, name=args.model, calibration=calibration)
+    warm_up(classifier, (1, min(4, config.max_batch), config.max_batch))
+    url = f"http://{args.host}:{args.port}/"
+    print(f"{'app' if app else 'serving'} {classifier.name} ({args.engine}, {len(classifier.names)} classes) on "
+          f"{url}{'' if app else 'predict'}; Ctrl-C stops", file=sys.stderr, flush=True)
+    serve(classifier, args.host, args.port, config, app=app, log_level=args.log_level)
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import ImageDataset, eval_transform
     from .evaluation import evaluate
@@ -721,6 +739,14 @@ def _real(low: float, high: Optional[float] = None, low_closed: bool = False, hi
 POSITIVE, NON_NEGATIVE = _count(1), _count(0)
 
 
+def _port(text: str) -> int:
+    """argparse type: a TCP port, 0..65535 (0: any free port)."""
+    value = NON_NEGATIVE(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port is at most 65535, got {value}")
+    return value
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model name (effnet models); optional with an effnet --weights folder")
     p.add_argument("--weights", default=None, help="weight file, URL or effnet folder (any supported format)")
@@ -766,6 +792,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", default=None, help="image folder for INT8 calibration (default: ImageNet samples)")
     p.add_argument("-v", "--verbose", action="store_true", help="print batch shapes")
     p.set_defaults(func=_cmd_predict)
+
+    for name, text in (("serve", "HTTP inference server with dynamic batching: /predict, /predict/batch, /health, "
+                                 "/metadata, /metrics"),
+                       ("app", "a web page to try a model: upload a photo, see the top-5 and its class activation map")):
+        p = sub.add_parser(name, help=text)
+        _add_model_args(p)
+        p.add_argument("--engine", default="onnx" if name == "serve" else "eager",
+                       help="eager, channels_last, compile, onnx, openvino, onnx-int8 or openvino-int8 "
+                            f"(default {'onnx' if name == 'serve' else 'eager'})")
+        p.add_argument("--calibration", default=None, help="image folder for INT8 calibration")
+        p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+        p.add_argument("--port", type=_port, default=8000 if name == "serve" else 7860)
+        p.add_argument("--max-batch", type=POSITIVE, default=16, help="most images per engine call")
+        p.add_argument("--batch-timeout-ms", type=_real(0, low_closed=True), default=5.0,
+                       help="longest an image waits for requests in flight to join its batch, ms")
+        p.add_argument("--max-upload-mb", type=_real(0), default=20.0,
+                       help="largest request body, MiB")
+        p.add_argument("--max-files", type=POSITIVE, default=64, help="most images in one /predict/batch request")
+        p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+        p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("evaluate", help="top-1 / top-5 over an image folder (class subfolders) or a labels CSV")
     _add_model_args(p)

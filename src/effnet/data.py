@@ -25,6 +25,7 @@ EfficientNet-PyTorch) with Pillow alone, so the same pixels come out without tor
 from __future__ import annotations
 
 import csv
+import io
 import os
 import warnings
 from pathlib import Path
@@ -45,7 +46,9 @@ __all__ = [
     "DRAFT_MARGIN",
     "data_dir",
     "load_image",
+    "decode_image",
     "load_transformed",
+    "decode_transformed",
     "resize_shorter_side",
     "center_crop",
     "resize_center_crop",
@@ -271,22 +274,54 @@ def load_image(path: Union[str, os.PathLike], min_size: Optional[int] = None,
     if not path.is_file():
         raise _error(path, "it is a directory or special file, not an image file",
                      "remove it or rename it so it does not end in an image extension")
-    cap = MAX_IMAGE_PIXELS if max_pixels is None else int(max_pixels)
     try:
         if path.stat().st_size == 0:
             raise _error(path, "the file is empty (0 bytes)", "re-copy or re-export it, or remove it")
+        with open(path, "rb") as f:
+            return _decode(f, path, min_size, max_pixels)
+    except PermissionError as e:
+        raise _error(path, f"it cannot be read ({e.strerror or e})", "give the user running effnet read access") from e
+
+
+def decode_image(data: Union[bytes, bytearray, memoryview], name: str = "<upload>", min_size: Optional[int] = None,
+                 max_pixels: Optional[int] = None) -> Image.Image:
+    """:func:`load_image` for an image already in memory: an HTTP upload, a file read by Ray Data.
+
+    The same decoder, caps and errors as :func:`load_image`; the caller bounds ``len(data)``
+    (the server's ``--max-upload-mb``, batch inference's file cap) before the bytes are read.
+
+    Args:
+        data: the encoded file (JPEG, PNG, ...), bytes.
+        name: what error messages call it (the upload's file name or the path).
+        min_size, max_pixels: as :func:`load_image`.
+
+    Returns:
+        An ``RGB`` Pillow image, EXIF orientation applied.
+
+    Raises:
+        ImageDecodeError: empty, not an image, truncated or corrupt, over ``max_pixels``, an
+            unrenderable mode; the message names ``name``.
+    """
+    if len(data) == 0:
+        raise _error(name, "the file is empty (0 bytes)", "send the image file's contents")
+    return _decode(io.BytesIO(data), name, min_size, max_pixels)
+
+
+def _decode(f, path, min_size: Optional[int], max_pixels: Optional[int]) -> Image.Image:
+    """Decode the open binary file ``f`` (named ``path`` in errors): the core of :func:`load_image`."""
+    cap = MAX_IMAGE_PIXELS if max_pixels is None else int(max_pixels)
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with open(path, "rb") as f:
-                img = Image.open(f, formats=_formats())        # reads the header only
-                w, h = img.size
-                if w * h > cap:
-                    raise _error(path, f"it declares {w}x{h} = {w * h:,} pixels, more than the cap of {cap:,} "
-                                       f"pixels (effnet.data.MAX_IMAGE_PIXELS)",
-                                 "downscale it below the cap, or pass max_pixels to load_image")
-                if min_size:
-                    _draft_jpeg(img, int(min_size))
-                img.load()
+            img = Image.open(f, formats=_formats())        # reads the header only
+            w, h = img.size
+            if w * h > cap:
+                raise _error(path, f"it declares {w}x{h} = {w * h:,} pixels, more than the cap of {cap:,} "
+                                   f"pixels (effnet.data.MAX_IMAGE_PIXELS)",
+                             "downscale it below the cap, or pass max_pixels to load_image")
+            if min_size:
+                _draft_jpeg(img, int(min_size))
+            img.load()
         try:
             ImageOps.exif_transpose(img, in_place=True)
         except Exception:                        # unreadable EXIF: shown unrotated, as viewers do
@@ -300,8 +335,8 @@ def load_image(path: Union[str, os.PathLike], min_size: Optional[int] = None,
     except UnidentifiedImageError as e:
         raise _error(path, f"it is not an image in a format effnet reads ({', '.join(_formats())}): "
                            f"a text or HTML file with an image extension, or another format", _FIX) from e
-    except PermissionError as e:
-        raise _error(path, f"it cannot be read ({e.strerror or e})", "give the user running effnet read access") from e
+    except PermissionError:
+        raise
     except MemoryError as e:
         raise _error(path, "not enough memory to decode it",
                      "downscale it, or lower effnet.data.MAX_IMAGE_PIXELS") from e
@@ -503,6 +538,16 @@ def load_transformed(path: Union[str, os.PathLike], transform: Callable[[Image.I
         FileNotFoundError, ImageDecodeError: as :func:`load_image`; callers count and skip.
     """
     return transform(load_image(path, min_size=getattr(transform, "decode_size", None)))
+
+
+def decode_transformed(data: Union[bytes, bytearray, memoryview], transform: Callable[[Image.Image], torch.Tensor],
+                       name: str = "<upload>"):
+    """:func:`load_transformed` for bytes in memory (:func:`decode_image`, then ``transform``).
+
+    Raises:
+        ImageDecodeError: as :func:`decode_image`.
+    """
+    return transform(decode_image(data, name, min_size=getattr(transform, "decode_size", None)))
 
 
 # ---- datasets ---------------------------------------------------------------------------------

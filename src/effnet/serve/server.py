@@ -1,0 +1,605 @@
+"""The HTTP inference server: FastAPI + uvicorn, with dynamic batching of concurrent requests.
+
+Why FastAPI + uvicorn and not LitServe: the engines here are in-process callables
+(:func:`effnet.deploy.build_engine`) whose fastest settings (onnxruntime or OpenVINO with
+every core in one call) want one engine per machine, fed in batches. LitServe runs the model
+in worker processes behind queues, one more hop per request; on 2 cores that hop is a large
+part of a 5 ms budget. Here the event loop decodes uploads in a thread pool, queues the
+tensors and one engine thread runs them as a batch (:class:`DynamicBatcher`); FastAPI gives
+the routing, multipart parsing (python-multipart) and JSON, uvicorn the HTTP/1.1 server,
+prometheus_client the ``/metrics`` text format.
+
+Endpoints (all JSON unless said):
+
+- ``POST /predict?topk=5``: one image, as a multipart form (one file field) or the raw body
+  (``Content-Type: image/*`` or ``application/octet-stream``) ->
+  ``{"topk": [{"class_index", "label", "probability"}], "model", "engine", "ms"}``.
+- ``POST /predict/batch?topk=5``: several images in one multipart form ->
+  ``{"results": [{"file", "topk"} or {"file", "error"}], "model", "engine", "ms"}``; an
+  image that cannot be decoded gets an ``error`` entry, the others their predictions.
+- ``GET /health``, ``GET /metadata`` (model, classes, preprocessing, engine, limits),
+  ``GET /metrics`` (Prometheus text: requests, errors, latency and batch-size histograms).
+- with ``app=True`` (``effnet app``): ``GET /`` the web page and ``POST /explain`` (top-k
+  and the class activation map overlay of the top-1 class as a PNG data URL).
+
+Bad uploads get a 4xx JSON ``{"error": "...", "status": N}`` naming the problem: 413 a body
+over ``max_upload_mb`` (checked from Content-Length and again while reading, so a lying or
+missing header changes nothing), 415 a content type that is not an image, 422 bytes that do
+not decode (not an image, truncated, a decompression bomb over
+:data:`effnet.data.MAX_IMAGE_PIXELS`, an unrenderable mode), 400 a malformed request (no
+file, bad ``topk``). None of them reaches the engine or stops the server.
+"""
+
+
+import asyncio
+import base64
+import io
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data import ImageDecodeError, decode_image, eval_transform, model_class_names, to_tensor
+
+__all__ = ["ServeConfig", "Classifier", "DynamicBatcher", "create_app", "serve", "ServeDependencyError"]
+
+MB = 1 << 20
+
+
+class ServeDependencyError(ImportError):
+    """FastAPI, uvicorn, python-multipart or prometheus_client is missing (``pip install 'effnet[serve]'``)."""
+
+
+def _require():
+    import importlib
+
+    try:
+        for module in ("fastapi", "multipart", "prometheus_client", "uvicorn"):   # multipart: python-multipart
+            importlib.import_module(module)
+    except ImportError as e:
+        raise ServeDependencyError(f"effnet serve needs FastAPI, uvicorn, python-multipart and prometheus_client "
+                                   f"({e.name} is missing): pip install 'effnet[serve]'") from e
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Limits and batching of the server.
+
+    Attributes:
+        max_batch: most images per engine call (dynamic batching), >= 1.
+        batch_timeout_ms: longest a queued image waits for others to join its batch, in
+            milliseconds. The batcher waits only while more requests are being received or
+            decoded; a lone request runs at once.
+        max_upload_mb: largest request body, in MiB (one image for ``/predict``, all of them
+            for ``/predict/batch``).
+        max_files: most images in one ``/predict/batch`` request.
+        decode_threads: threads decoding uploads (Pillow releases the GIL while decoding).
+    """
+
+    max_batch: int = 16
+    batch_timeout_ms: float = 5.0
+    max_upload_mb: float = 20.0
+    max_files: int = 64
+    decode_threads: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "max_files", "decode_threads"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if not self.batch_timeout_ms >= 0:
+            raise ValueError(f"batch_timeout_ms must be >= 0, got {self.batch_timeout_ms!r}")
+        if not self.max_upload_mb > 0:
+            raise ValueError(f"max_upload_mb must be > 0, got {self.max_upload_mb!r}")
+
+
+class Classifier:
+    """A model ready to serve: eval preprocessing, an engine, class names.
+
+    Args:
+        model: an EfficientNet (any :class:`~effnet.model.ConvNet`) in eval mode; its
+            ``config.preprocess`` gives the preprocessing.
+        engine: a :data:`effnet.deploy.ENGINES` name (``onnx`` needs onnxruntime).
+        name: the model's name in responses (default ``model.config.name``).
+        calibration: preprocessed batches for the INT8 engines (:func:`effnet.deploy.calibration_batches`).
+
+    Calling it maps a float32 (N, 3, H, W) batch to (N, classes) float32 probabilities (numpy).
+
+    Raises:
+        ValueError: an unknown engine (from :func:`effnet.deploy.build_engine`).
+    """
+
+    def __init__(self, model: nn.Module, engine: str = "onnx", name: Optional[str] = None, calibration=None) -> None:
+        from ..deploy import build_engine
+
+        self.model = model.eval()
+        self.engine = engine
+        self.name = name or model.config.name
+        self.preprocess_config = model.config.preprocess
+        self.transform = eval_transform(model.config)
+        self.names = model_class_names(model)
+        self._run = build_engine(model, engine, self.preprocess_config.input_size, calibration)
+
+    def preprocess(self, data: bytes, filename: str = "<upload>") -> torch.Tensor:
+        """Encoded image bytes -> float32 (3, H, W), the model's eval preprocessing.
+
+        Raises:
+            ImageDecodeError: the bytes are not a decodable image (named ``filename``).
+        """
+        return self.transform(decode_image(data, filename, min_size=self.transform.decode_size))
+
+    def __call__(self, x: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            return self._run(x).float().softmax(dim=1).numpy()
+
+    def topk(self, probs: np.ndarray, k: int) -> List[dict]:
+        """The ``k`` most probable classes of one (classes,) probability row, most probable first."""
+        idx = np.argsort(-probs, kind="stable")[:k]
+        return [{"class_index": int(i), "label": self.names[i], "probability": float(probs[i])} for i in idx]
+
+    def explain(self, image, k: int) -> dict:
+        """Top-``k`` and the class activation map of the top-1 class, for the web page.
+
+        Args:
+            image: an RGB Pillow image (decoded upload).
+
+        Returns:
+            ``{"topk": [...], "cam_png": "data:image/png;base64,..."}``: the model's center crop
+            (input_size x input_size pixels) with the CAM (Zhou et al. 2016, via
+            :func:`effnet.analysis.cam`, upsampled and scaled to [0, 1]) blended over it in the
+            jet colormap at alpha 0.5. Computed with the eager model.
+        """
+        from matplotlib import colormaps
+
+        from ..analysis import cam
+        from ..data import CROP_FUNCTIONS
+        from ..plots import upsample_cam
+
+        pre = self.preprocess_config
+        crop = CROP_FUNCTIONS[pre.crop_mode](image, pre.resize_size, pre.input_size, pre.interpolation)
+        maps, logits = cam(self.model, to_tensor(crop, pre.mean, pre.std)[None], return_logits=True)
+        probs = logits.float().softmax(dim=1)[0].numpy()
+        heat = upsample_cam(maps, pre.input_size)[0].numpy()
+        colored = colormaps["jet"](heat)[..., :3] * 255.0
+        blend = (0.5 * np.asarray(crop, dtype=np.float32) + 0.5 * colored).round().clip(0, 255).astype(np.uint8)
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(blend, "RGB").save(buf, format="PNG")
+        return {"topk": self.topk(probs, k),
+                "cam_png": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")}
+
+    def metadata(self) -> dict:
+        """Model name, engine, number and names of classes, preprocessing (pixels, mean/std in [0, 1] units)."""
+        pre = self.preprocess_config
+        return {"model": self.name, "engine": self.engine, "num_classes": len(self.names), "classes": self.names,
+                "preprocessing": {"resize_size": pre.resize_size, "input_size": pre.input_size,
+                                  "crop_pct": pre.crop_pct, "interpolation": pre.interpolation,
+                                  "crop_mode": pre.crop_mode, "mean": list(pre.mean), "std": list(pre.std)}}
+
+
+class _Item:
+    __slots__ = ("x", "future")
+
+    def __init__(self, x: torch.Tensor, future: asyncio.Future) -> None:
+        self.x, self.future = x, future
+
+
+class DynamicBatcher:
+    """Groups images of concurrent requests into one engine call.
+
+    Requests announce themselves when they arrive (:meth:`expect`) and submit their
+    preprocessed image when it is decoded (:meth:`submit`). One task takes the oldest queued
+    image and adds every other queued one, up to ``max_batch``; while requests announced
+    earlier are still being received or decoded, it waits for them up to ``timeout_s`` from
+    the first image's turn. A lone request never waits, so batching costs nothing at
+    concurrency 1, and under load batches fill while the engine works. The engine runs in its
+    own single thread (engines are not assumed thread-safe), outside the event loop.
+
+    Args:
+        run: ``run(x: Tensor (N, 3, H, W) float32) -> (N, classes)`` array, e.g. a :class:`Classifier`.
+        max_batch: most images per call.
+        timeout_s: longest wait for announced requests, seconds.
+        on_batch: called with each batch's size and engine seconds (metrics).
+    """
+
+    def __init__(self, run: Callable, max_batch: int, timeout_s: float,
+                 on_batch: Optional[Callable[[int, float], None]] = None) -> None:
+        self.run, self.max_batch, self.timeout_s, self.on_batch = run, max_batch, timeout_s, on_batch
+        self._queue: deque = deque()
+        self._arrived: Optional[asyncio.Event] = None
+        self._incoming = 0
+        self._task: Optional[asyncio.Task] = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="effnet-engine")
+
+    def expect(self) -> None:
+        """A request has arrived and will :meth:`submit` (or :meth:`cancel`) soon."""
+        self._incoming += 1
+
+    def cancel(self) -> None:
+        """An announced request will not submit (bad upload)."""
+        self._incoming -= 1
+        self._wake()
+
+    async def submit(self, x: torch.Tensor) -> np.ndarray:
+        """Queue one preprocessed image (3, H, W) of an announced request; its (classes,) row."""
+        future = asyncio.get_running_loop().create_future()
+        self._incoming -= 1
+        self._queue.append(_Item(x, future))
+        self._wake()
+        return await future
+
+    def _wake(self) -> None:
+        if self._arrived is not None:
+            self._arrived.set()
+
+    def start(self) -> None:
+        """Start the batching task on the running event loop."""
+        self._arrived = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        """Stop the batching task; queued requests get an error."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        while self._queue:
+            item = self._queue.popleft()
+            if not item.future.done():
+                item.future.set_exception(RuntimeError("the server is shutting down"))
+        self._executor.shutdown(wait=False)
+
+    async def _next_batch(self) -> list:
+        loop = asyncio.get_running_loop()
+        while not self._queue:
+            self._arrived.clear()
+            await self._arrived.wait()
+        batch = [self._queue.popleft()]
+        deadline = loop.time() + self.timeout_s
+        while len(batch) < self.max_batch:
+            if self._queue:
+                batch.append(self._queue.popleft())
+                continue
+            remaining = deadline - loop.time()
+            if self._incoming <= 0 or remaining <= 0:
+                break
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except asyncio.TimeoutError:
+                break
+        return batch
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch()
+            x = torch.stack([item.x for item in batch])
+            t0 = time.perf_counter()
+            try:
+                out = await loop.run_in_executor(self._executor, self.run, x)
+            except Exception as e:                    # an engine failure fails this batch, not the server
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(e)
+                continue
+            if self.on_batch is not None:
+                self.on_batch(len(batch), time.perf_counter() - t0)
+            for item, row in zip(batch, out):
+                if not item.future.done():
+                    item.future.set_result(row)
+
+
+class _BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes gets 413 before the app reads it all.
+
+    Content-Length is checked first; the body is counted again as it streams, so a missing or
+    lying header cannot get more than ``limit`` bytes into memory.
+    """
+
+    class TooLarge(Exception):
+        pass
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self._reject(send, int(declared))
+        seen, started = 0, False
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise self.TooLarge()
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted, tracking_send)
+        except self.TooLarge:
+            if not started:
+                await self._reject(send, seen)
+
+    async def _reject(self, send, size: int) -> None:
+        import json
+
+        body = json.dumps({"error": f"request body is over the limit of {self.limit / MB:g} MiB (got at least "
+                                    f"{size:,} bytes); send a smaller image or start the server with a larger "
+                                    f"--max-upload-mb", "status": 413}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _metrics():
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
+    registry = CollectorRegistry()
+    latency_buckets = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1, 2, 5, 10)
+    return dict(
+        registry=registry,
+        requests=Counter("effnet_requests", "HTTP requests by endpoint and status code", ["endpoint", "code"],
+                         registry=registry),
+        errors=Counter("effnet_errors", "requests answered with a 4xx or 5xx, by endpoint and code",
+                       ["endpoint", "code"], registry=registry),
+        latency=Histogram("effnet_request_latency_seconds", "request latency in the server, seconds", ["endpoint"],
+                          buckets=latency_buckets, registry=registry),
+        batch=Histogram("effnet_batch_size", "images per engine call", buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+                        registry=registry),
+        engine=Histogram("effnet_engine_seconds", "engine call time per batch, seconds", buckets=latency_buckets,
+                         registry=registry),
+        images=Counter("effnet_images", "images classified", registry=registry),
+    )
+
+
+_PAGE_ENDPOINTS = {"/", "/predict", "/predict/batch", "/explain", "/health", "/metadata", "/metrics"}
+_IMAGE_TYPES = ("image/", "application/octet-stream")
+
+
+def create_app(classifier: Classifier, config: ServeConfig = ServeConfig(), app: bool = False):
+    """The FastAPI application serving ``classifier`` (see the module docstring for endpoints).
+
+    Args:
+        classifier: the model and engine (:class:`Classifier`).
+        config: batching and limits (:class:`ServeConfig`).
+        app: also serve the web page at ``/`` and ``POST /explain`` (``effnet app``).
+
+    Returns:
+        A ``fastapi.FastAPI`` (an ASGI app: run it with uvicorn, or :func:`serve`).
+
+    Raises:
+        ServeDependencyError: FastAPI, uvicorn, python-multipart or prometheus_client missing.
+    """
+    _require()
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI, HTTPException, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from starlette.datastructures import UploadFile
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    m = _metrics()
+
+    def on_batch(n: int, seconds: float) -> None:
+        m["batch"].observe(n)
+        m["engine"].observe(seconds)
+        m["images"].inc(n)
+
+    batcher = DynamicBatcher(classifier, config.max_batch, config.batch_timeout_ms / 1000.0, on_batch)
+    decode_pool = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="effnet-decode")
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        batcher.start()
+        try:
+            yield
+        finally:
+            await batcher.stop()
+            decode_pool.shutdown(wait=False)
+
+    api = FastAPI(title="effnet", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    limit = int(config.max_upload_mb * MB)
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message, "status": status}, status_code=status)
+
+    @api.exception_handler(StarletteHTTPException)
+    async def _http_error(_request, exc):
+        return error(exc.status_code, str(exc.detail))
+
+    @api.exception_handler(RequestValidationError)
+    async def _validation_error(_request, exc):
+        parts = [f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()]
+        return error(400, "bad request: " + "; ".join(parts))
+
+    api.add_middleware(_BodyLimit, limit=limit)     # inside the measuring middleware: its 413s are counted
+
+    @api.middleware("http")
+    async def _measure(request: Request, call_next):
+        t0 = time.perf_counter()
+        endpoint = request.url.path if request.url.path in _PAGE_ENDPOINTS else "other"
+        try:
+            response = await call_next(request)
+            code = response.status_code
+        except Exception:
+            code = 500
+            raise
+        finally:
+            m["requests"].labels(endpoint, str(code)).inc()
+            if code >= 400:
+                m["errors"].labels(endpoint, str(code)).inc()
+            m["latency"].labels(endpoint).observe(time.perf_counter() - t0)
+        return response
+
+    def check_topk(topk: int) -> int:
+        if not 1 <= topk <= len(classifier.names):
+            raise HTTPException(400, f"topk must be between 1 and the model's {len(classifier.names)} classes, "
+                                     f"got {topk}")
+        return topk
+
+    def check_type(content_type: Optional[str], what: str) -> None:
+        if not (content_type or "").lower().startswith(_IMAGE_TYPES):
+            raise HTTPException(415, f"{what} has content type {content_type or 'none'!r}, not an image: send "
+                                     f"image/jpeg, image/png, ... or application/octet-stream (or a multipart "
+                                     f"form with the image as a file field)")
+
+    async def read_uploads(request: Request, most: int) -> list:
+        """[(filename, bytes)] from a multipart form or a raw image body."""
+        ctype = request.headers.get("content-type", "")
+        if ctype.lower().startswith("multipart/form-data"):
+            try:
+                form = await request.form(max_files=most, max_fields=most + 8)
+            except HTTPException:
+                raise
+            except Exception as e:
+                raise HTTPException(400, f"the multipart form could not be read ({e})") from e
+            files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+            if not files:
+                raise HTTPException(400, "the multipart form has no file field: send the image as a file "
+                                         "(e.g. curl -F file=@photo.jpg)")
+            out = []
+            for f in files:
+                check_type(f.content_type, f"file {f.filename!r}")
+                out.append((f.filename or "<upload>", await f.read()))
+            await form.close()
+            return out
+        check_type(ctype, "the request body")
+        return [("<upload>", await request.body())]
+
+    async def decode(data: bytes, name: str) -> torch.Tensor:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(decode_pool, classifier.preprocess, data, name)
+
+    def payload(t0: float, **fields) -> dict:
+        return {**fields, "model": classifier.name, "engine": classifier.engine,
+                "ms": round((time.perf_counter() - t0) * 1000.0, 3)}
+
+    @api.post("/predict")
+    async def predict(request: Request, topk: int = 5):
+        t0 = time.perf_counter()
+        check_topk(topk)
+        batcher.expect()
+        try:
+            uploads = await read_uploads(request, 1)
+            if len(uploads) != 1:
+                raise HTTPException(400, f"/predict takes one image, got {len(uploads)}; use /predict/batch")
+            name, data = uploads[0]
+            try:
+                x = await decode(data, name)
+            except ImageDecodeError as e:
+                raise HTTPException(422, str(e)) from e
+        except BaseException:
+            batcher.cancel()
+            raise
+        probs = await batcher.submit(x)
+        return payload(t0, topk=classifier.topk(probs, topk))
+
+    @api.post("/predict/batch")
+    async def predict_batch(request: Request, topk: int = 5):
+        t0 = time.perf_counter()
+        check_topk(topk)
+        uploads = await read_uploads(request, config.max_files)
+        if len(uploads) > config.max_files:
+            raise HTTPException(400, f"{len(uploads)} images in one request; the limit is {config.max_files}")
+        for _ in uploads:
+            batcher.expect()
+
+        async def one(name: str, data: bytes) -> dict:
+            try:
+                x = await decode(data, name)
+            except ImageDecodeError as e:
+                batcher.cancel()
+                return {"file": name, "error": str(e)}
+            except BaseException:
+                batcher.cancel()
+                raise
+            return {"file": name, "topk": classifier.topk(await batcher.submit(x), topk)}
+
+        results = await asyncio.gather(*(one(n, d) for n, d in uploads))
+        return payload(t0, results=list(results))
+
+    @api.get("/health")
+    async def health():
+        return {"status": "ok", "model": classifier.name, "engine": classifier.engine}
+
+    @api.get("/metadata")
+    async def metadata():
+        return {**classifier.metadata(), "max_batch": config.max_batch, "batch_timeout_ms": config.batch_timeout_ms,
+                "max_upload_mb": config.max_upload_mb, "max_files": config.max_files}
+
+    @api.get("/metrics")
+    async def metrics():
+        return Response(generate_latest(m["registry"]), media_type=CONTENT_TYPE_LATEST)
+
+    if app:
+        from .page import PAGE
+
+        @api.get("/", response_class=HTMLResponse)
+        async def page():
+            return PAGE
+
+        @api.post("/explain")
+        async def explain(request: Request, topk: int = 5):
+            t0 = time.perf_counter()
+            check_topk(topk)
+            uploads = await read_uploads(request, 1)
+            name, data = uploads[0]
+            loop = asyncio.get_running_loop()
+            try:
+                image = await loop.run_in_executor(
+                    decode_pool, lambda: decode_image(data, name, min_size=classifier.transform.decode_size))
+            except ImageDecodeError as e:
+                raise HTTPException(422, str(e)) from e
+            result = await loop.run_in_executor(batcher._executor, classifier.explain, image, topk)
+            return payload(t0, **result)
+
+    return api
+
+
+def serve(classifier: Classifier, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig = ServeConfig(),
+          app: bool = False, log_level: str = "warning") -> None:
+    """Run the server (:func:`create_app`) with uvicorn until interrupted (Ctrl-C, SIGTERM).
+
+    One process: the engine uses every core in each call and the batcher needs all requests
+    in one place. Binds ``host`` (default 127.0.0.1, this machine only; ``0.0.0.0`` for all
+    interfaces).
+
+    Raises:
+        ServeDependencyError: the serve extra is missing.
+        OSError: the port is taken (from uvicorn, which exits).
+    """
+    _require()
+    import uvicorn
+
+    uvicorn.run(create_app(classifier, config, app=app), host=host, port=port, log_level=log_level,
+                access_log=False, timeout_graceful_shutdown=5)
+
+
+def warm_up(classifier: Classifier, sizes: Sequence[int]) -> None:
+    """Run the engine once per batch size so the first requests do not pay compilation (OpenVINO)."""
+    side = classifier.preprocess_config.input_size
+    for n in sorted(set(sizes)):
+        classifier(torch.zeros(n, 3, side, side))

@@ -1,0 +1,196 @@
+"""`effnet serve`: the real server in a subprocess on 127.0.0.1, real ImageNet weights, real photos."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import struct
+import threading
+import zlib
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+import effnet
+from conftest import ServerProcess
+from effnet.cli import main
+
+MODEL = ["--model", "tf_efficientnet_lite0", "--pretrained"]
+PHOTOS = ("n01440764_tench.JPEG", "n01443537_goldfish.JPEG")
+
+
+@pytest.fixture(scope="module")
+def server():
+    with ServerProcess(["serve", *MODEL, "--engine", "onnx", "--max-batch", "8", "--batch-timeout-ms", "20",
+                        "--max-upload-mb", "2"]) as url:
+        yield url
+
+
+def photo(data, name: str = PHOTOS[0]):
+    return data / "imagenet-samples" / "images" / name
+
+
+def metric(text: str, name: str) -> float:
+    """Sum of a Prometheus metric's samples (all label sets) in ``/metrics`` text."""
+    return sum(float(m.group(1)) for m in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
+def test_predict_matches_effnet_predict(server, data, capsys):
+    f = photo(data)
+    assert main(["predict", *MODEL, "--topk", "5", "--json", str(f)]) == 0
+    want = json.loads(capsys.readouterr().out)[0]["top"]
+    multipart = httpx.post(f"{server}/predict", params={"topk": 5},
+                           files={"file": (f.name, f.read_bytes(), "image/jpeg")}, timeout=60)
+    raw = httpx.post(f"{server}/predict?topk=5", content=f.read_bytes(), headers={"content-type": "image/jpeg"},
+                     timeout=60)
+    for r in (multipart, raw):
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["model"] == "tf_efficientnet_lite0" and body["engine"] == "onnx" and body["ms"] > 0
+        got = body["topk"]
+        assert [t["class_index"] for t in got] == [t["index"] for t in want]
+        assert [t["label"] for t in got] == [t["name"] for t in want]
+        # onnxruntime (BN folded) against eager PyTorch: the same function within float rounding
+        np.testing.assert_allclose([t["probability"] for t in got], [t["prob"] for t in want], atol=2e-4)
+    assert got[0]["label"].startswith("tench")
+
+
+def test_concurrent_requests_all_succeed_and_are_batched(server, data):
+    before = httpx.get(f"{server}/metrics").text
+    files = [photo(data, PHOTOS[i % 2]) for i in range(20)]
+    barrier, results = threading.Barrier(20), [None] * 20
+
+    def send(i: int) -> None:
+        barrier.wait()
+        results[i] = httpx.post(f"{server}/predict", params={"topk": 1}, timeout=120,
+                                files={"file": (files[i].name, files[i].read_bytes(), "image/jpeg")})
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(r.status_code == 200 for r in results), [r.text for r in results if r.status_code != 200]
+    assert [r.json()["topk"][0]["label"].split(",")[0] for r in results[:2]] == ["tench", "goldfish"]
+    assert {r.json()["topk"][0]["class_index"] for r in results[0::2]} == {0}
+    after = httpx.get(f"{server}/metrics").text
+    images = metric(after, "effnet_batch_size_sum") - metric(before, "effnet_batch_size_sum")
+    calls = metric(after, "effnet_batch_size_count") - metric(before, "effnet_batch_size_count")
+    assert images == 20
+    assert calls < 20, f"20 concurrent requests ran in {calls:g} engine calls: no batching"
+    assert metric(after, "effnet_images_total") - metric(before, "effnet_images_total") == 20
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares ``width x height`` pixels and holds one row: a decompression bomb's header."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * (1 + 3 * 16))) + \
+        chunk(b"IEND", b"")
+
+
+def test_bad_uploads_get_their_4xx_and_the_server_keeps_serving(server, data):
+    good = photo(data).read_bytes()
+    before = httpx.get(f"{server}/metrics").text
+
+    def post(content=None, files=None, ctype="image/jpeg", params=None):
+        headers = {"content-type": ctype} if content is not None else None
+        return httpx.post(f"{server}/predict", content=content, files=files, headers=headers, params=params,
+                          timeout=60)
+
+    cases = {
+        "text, not an image": (post(b"this is not an image at all"), 422, "not an image"),
+        "truncated JPEG": (post(good[:len(good) // 3]), 422, "truncated"),
+        "decompression bomb": (post(_png_header_only(40000, 40000), ctype="image/png"), 422, "pixels"),
+        "empty body": (post(b""), 422, "empty"),
+        "over --max-upload-mb 2": (post(b"\xff" * (3 << 20)), 413, "limit of 2 MiB"),
+        "over the cap, multipart": (post(files={"file": ("big.jpg", b"\xff" * (3 << 20), "image/jpeg")}), 413,
+                                    "limit"),
+        "wrong content type": (post(good, ctype="text/plain"), 415, "not an image"),
+        "wrong part type": (post(files={"file": ("a.txt", good, "text/plain")}), 415, "not an image"),
+        "form without a file": (post(files={"note": (None, b"1")}), 400, "no file"),
+        "a form, not an image": (post(b"x=1", ctype="application/x-www-form-urlencoded"), 415, "not an image"),
+        "topk 0": (post(good, params={"topk": 0}), 400, "topk"),
+        "topk not a number": (post(good, params={"topk": "five"}), 400, "topk"),
+    }
+    for what, (r, status, words) in cases.items():
+        assert r.status_code == status, f"{what}: {r.status_code} {r.text}"
+        body = r.json()
+        assert body["status"] == status and words in body["error"], f"{what}: {body}"
+    assert httpx.get(f"{server}/health").json()["status"] == "ok"
+    ok = post(good)
+    assert ok.status_code == 200 and ok.json()["topk"][0]["class_index"] == 0
+    after = httpx.get(f"{server}/metrics").text
+    assert metric(after, "effnet_errors_total") - metric(before, "effnet_errors_total") == len(cases)
+
+
+def test_batch_endpoint_reports_bad_images_in_line(server, data):
+    good = photo(data, PHOTOS[1]).read_bytes()
+    r = httpx.post(f"{server}/predict/batch", params={"topk": 2}, timeout=60, files=[
+        ("files", ("goldfish.jpg", good, "image/jpeg")),
+        ("files", ("broken.jpg", good[:500], "image/jpeg")),
+        ("files", ("tench.jpg", photo(data).read_bytes(), "image/jpeg"))])
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["file"] for x in results] == ["goldfish.jpg", "broken.jpg", "tench.jpg"]
+    assert results[0]["topk"][0]["class_index"] == 1 and len(results[0]["topk"]) == 2
+    assert "truncated" in results[1]["error"] and "topk" not in results[1]
+    assert results[2]["topk"][0]["class_index"] == 0
+
+
+def test_health_metadata_and_metrics(server):
+    assert httpx.get(f"{server}/health").json() == {"status": "ok", "model": "tf_efficientnet_lite0",
+                                                      "engine": "onnx"}
+    meta = httpx.get(f"{server}/metadata").json()
+    assert meta["num_classes"] == 1000 and len(meta["classes"]) == 1000 and meta["classes"][0].startswith("tench")
+    pre = effnet.create_model("tf_efficientnet_lite0", pretrained=True).config.preprocess   # the weights' own
+    assert meta["preprocessing"] == {"resize_size": pre.resize_size, "input_size": 224, "crop_pct": pre.crop_pct,
+                                     "interpolation": pre.interpolation, "crop_mode": pre.crop_mode,
+                                     "mean": list(pre.mean), "std": list(pre.std)}
+    assert meta["max_batch"] == 8 and meta["max_upload_mb"] == 2
+    text = httpx.get(f"{server}/metrics").text
+    for name in ("effnet_requests_total", "effnet_errors_total", "effnet_request_latency_seconds_bucket",
+                 "effnet_batch_size_bucket"):
+        assert name in text
+    assert httpx.get(f"{server}/nothing-here").status_code == 404
+
+
+def test_serve_arguments_are_checked():
+    with pytest.raises(SystemExit) as e:
+        main(["serve", *MODEL, "--port", "70000"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        main(["serve", *MODEL, "--max-upload-mb", "0"])
+    assert e.value.code == 2
+
+
+def test_app_page_and_explain(data):
+    f = photo(data, PHOTOS[1])
+    with ServerProcess(["app", *MODEL]) as url:
+        page = httpx.get(url + "/")
+        assert page.status_code == 200 and 'id="top1"' in page.text and 'type="file"' in page.text
+        r = httpx.post(url + "/explain", files={"file": (f.name, f.read_bytes(), "image/jpeg")}, timeout=120)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["topk"][0]["label"].startswith("goldfish") and len(body["topk"]) == 5
+        png = Image.open(io.BytesIO(__import__("base64").b64decode(body["cam_png"].split(",", 1)[1])))
+        assert png.size == (224, 224) and png.mode == "RGB"
+        bad = httpx.post(url + "/explain", files={"file": ("x.jpg", b"nope", "image/jpeg")}, timeout=60)
+        assert bad.status_code == 422 and "not an image" in bad.json()["error"]
+
+
+def test_decode_image_is_load_image_for_bytes(data, tmp_path):
+    from effnet.data import ImageDecodeError, decode_image, load_image
+
+    f = photo(data)
+    assert np.array_equal(np.asarray(decode_image(f.read_bytes(), "x", min_size=256)),
+                          np.asarray(load_image(f, min_size=256)))
+    for payload, words in ((b"", "empty"), (b"GIF89a-not-really", "not an image in a format"),
+                           (_png_header_only(40000, 40000), "more than the cap")):
+        with pytest.raises(ImageDecodeError, match=words) as e:
+            decode_image(payload, "upload.png")
+        assert "upload.png" in str(e.value)
