@@ -235,6 +235,25 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict_batch(args: argparse.Namespace) -> int:
+    from .serve.batch import ModelSpec, predict_batch
+
+    if args.weights and args.pretrained:
+        raise SystemExit("error: give --weights (a file or folder) or --pretrained (the registered weights), not both")
+    if args.engine in ("onnx-int8", "openvino-int8"):
+        raise SystemExit("error: predict-batch runs fp32 engines (eager, channels_last, compile, onnx, openvino)")
+    spec = ModelSpec(args.model, args.weights, args.pretrained, args.engine, args.threads)
+    r = predict_batch(args.sources, args.out, spec, topk=args.topk, batch_size=args.batch_size, runner=args.runner,
+                      address=args.address, actors=args.actors, cpus_per_actor=args.cpus_per_actor,
+                      gpus_per_actor=args.gpus_per_actor, workers=args.workers, chunk=args.chunk,
+                      max_file_mb=args.max_file_mb, progress=not args.quiet)
+    print(f"{r['images']} images ({r['errors']} errors, {r['skipped']} already in {r['out']}) in {r['seconds']:.1f} s: "
+          f"{r['images_per_s']:.1f} images/s ({r['runner']}, {args.engine}, batch {args.batch_size})", file=sys.stderr)
+    if args.json:
+        print(json.dumps(r))
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import ImageDataset, eval_transform
     from .evaluation import evaluate
@@ -812,6 +831,30 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--max-files", type=POSITIVE, default=64, help="most images in one /predict/batch request")
         p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
         p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("predict-batch", help="classify a folder tree, glob or file list of any size into Parquet "
+                                             "(Ray Data, or in-process without Ray); resumable")
+    p.add_argument("sources", nargs="+", help="folders (recursive), globs ('photos/**/*.jpg'), .txt lists of paths, "
+                                              "image files")
+    p.add_argument("--out", required=True, help="Parquet dataset folder (e.g. results.parquet); paths already in it "
+                                                "are skipped")
+    _add_model_args(p)
+    p.add_argument("--engine", default="eager", help="eager, channels_last, compile, onnx or openvino")
+    p.add_argument("--topk", type=POSITIVE, default=5)
+    p.add_argument("--batch-size", type=POSITIVE, default=32, help="images per engine call")
+    p.add_argument("--runner", choices=["auto", "ray", "local"], default="auto",
+                   help="ray: Ray Data actor pool; local: DataLoader workers in this process; auto: ray when installed")
+    p.add_argument("--address", default=None, help="Ray cluster address (ray://host:10001 or auto); default: local Ray")
+    p.add_argument("--actors", type=POSITIVE, default=1, help="Ray actors, each with its own model")
+    p.add_argument("--cpus-per-actor", type=_real(0), default=1.0)
+    p.add_argument("--gpus-per-actor", type=_real(0, low_closed=True), default=0.0)
+    p.add_argument("--threads", type=POSITIVE, default=None, help="torch/engine threads per model (default: torch's)")
+    p.add_argument("--workers", type=NON_NEGATIVE, default=2, help="DataLoader workers of the in-process runner")
+    p.add_argument("--chunk", type=POSITIVE, default=1024, help="rows per Parquet part file")
+    p.add_argument("--max-file-mb", type=_real(0), default=64.0, help="larger files get an error row, unread")
+    p.add_argument("--json", action="store_true", help="print the run's counts as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_predict_batch)
 
     p = sub.add_parser("evaluate", help="top-1 / top-5 over an image folder (class subfolders) or a labels CSV")
     _add_model_args(p)

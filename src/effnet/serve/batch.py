@@ -1,0 +1,430 @@
+"""Batch inference over folders, globs or file lists of any size: Ray Data, or in-process without Ray.
+
+:func:`predict_batch` classifies every image and writes Parquet, one row per image:
+
+==============  ================  ======================================================
+column          type              meaning
+==============  ================  ======================================================
+path            string            the file, absolute
+top_indices     list<int32>       the top-k class indices, most probable first
+top_labels      list<string>      their class names
+top_probs       list<float32>     their softmax probabilities
+error           string (null)     why the image could not be classified (then the lists
+                                  are empty): not found, over the size cap, not decodable
+==============  ================  ======================================================
+
+``out`` is a Parquet dataset folder (``results.parquet/part-*.parquet``, what Ray, Spark and
+pandas write and read: ``pandas.read_parquet("results.parquet")``). Each part is written
+atomically as results stream in, so a run stopped at any point keeps what it wrote, and a
+run with the same ``out`` skips every path already in it (errors included: they are
+results).
+
+With Ray (``pip install 'effnet[batch]'``): ``ray.data.read_binary_files`` reads the files
+and ``map_batches`` runs them through a pool of actors, each of which builds the model and
+its engine once (:class:`_Predictor`), on a local Ray instance or the cluster at
+``address``; files must be readable at the same path on every node. Without Ray: a
+DataLoader's workers read and decode, the engine runs in this process. Both paths decode with
+:func:`effnet.data.decode_image` on the file's bytes and run the same engine, so they write
+the same rows (probabilities equal up to float rounding between batch compositions).
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from .._io import atomic_write
+from ..data import IMAGE_EXTENSIONS, ImageDecodeError, decode_transformed, list_images
+
+__all__ = ["ModelSpec", "predict_batch", "list_sources", "read_results", "summarize", "MAX_FILE_MB"]
+
+MAX_FILE_MB = 64.0
+"""Default cap on one image file, MiB: a larger file gets an error row and is never read."""
+
+
+def _schema():
+    import pyarrow as pa
+
+    return pa.schema([("path", pa.string()), ("top_indices", pa.list_(pa.int32())),
+                      ("top_labels", pa.list_(pa.string())), ("top_probs", pa.list_(pa.float32())),
+                      ("error", pa.string())])
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What each worker builds: picklable, so a Ray actor on another machine can build it.
+
+    Attributes:
+        model: a registered name, or None with an effnet ``weights`` folder.
+        weights: a weight file or effnet folder, or None.
+        pretrained: the registered weights (True or a tag), or None.
+        engine: a :data:`effnet.deploy.ENGINES` name (not the INT8 ones: they need calibration).
+        threads: torch / engine threads per worker (None: torch's default).
+    """
+
+    model: Optional[str] = None
+    weights: Optional[str] = None
+    pretrained: Union[bool, str, None] = None
+    engine: str = "eager"
+    threads: Optional[int] = None
+
+    def build(self):
+        """The :class:`~effnet.serve.classifier.Classifier` this spec names.
+
+        Raises:
+            ValueError: no model, both weights and pretrained, an unknown engine (as the CLI).
+        """
+        from ..registry import create_model, from_pretrained
+        from ..weights import CONFIG_NAME
+        from .classifier import Classifier
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        if self.weights and self.pretrained:
+            raise ValueError("give weights or pretrained, not both")
+        if self.weights and Path(self.weights).is_dir() and (Path(self.weights) / CONFIG_NAME).is_file():
+            model = from_pretrained(self.weights)
+        elif self.model is None:
+            raise ValueError("a model name is required unless weights is an effnet folder (from save_pretrained)")
+        elif self.weights:
+            model = create_model(self.model, weights=self.weights, num_classes=None)
+        else:
+            model = create_model(self.model, pretrained=self.pretrained)
+        return Classifier(model.eval(), self.engine, name=self.model)
+
+
+def list_sources(source: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]) -> List[str]:
+    """The image files a SOURCE names, absolute, sorted, without duplicates.
+
+    Args:
+        source: a folder (searched recursively for :data:`effnet.data.IMAGE_EXTENSIONS`), a
+            glob (``photos/**/*.jpg``, recursive), a text file listing one path per line (``.txt``
+            or ``.lst``; blank lines and ``#`` comments skipped; relative paths are relative to
+            the list's folder), an image file, or a sequence of any of these.
+
+    Raises:
+        FileNotFoundError: a folder, list or file that does not exist, or a glob matching nothing.
+    """
+    if isinstance(source, (list, tuple)):
+        return sorted({p for s in source for p in list_sources(s)})
+    text = os.fspath(source)
+    p = Path(text).expanduser()
+    if any(c in text for c in "*?["):
+        found = [f for f in glob.glob(text, recursive=True) if Path(f).is_file()]
+        if not found:
+            raise FileNotFoundError(f"the glob {text!r} matches no file")
+        return sorted({str(Path(f).resolve()) for f in found})
+    if p.is_dir():
+        return [str(f.resolve()) for f in list_images(p)]
+    if p.is_file() and p.suffix.lower() in (".txt", ".lst"):
+        files = set()
+        with open(p, encoding="utf-8") as f:
+            for line in f:
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    q = Path(line).expanduser()
+                    files.add(str((q if q.is_absolute() else p.parent / q).resolve()))
+        return sorted(files)
+    if p.is_file():
+        return [str(p.resolve())]
+    raise FileNotFoundError(f"{text} is not a folder, an image file, a .txt list of paths or a glob that matches; "
+                            f"folders are searched for {', '.join(IMAGE_EXTENSIONS)}")
+
+
+def read_results(out: Union[str, os.PathLike]):
+    """Every row written so far in the Parquet folder ``out``, as a pyarrow Table sorted by path.
+
+    Raises:
+        ValueError: ``out`` exists but is not a folder of this schema's part files.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = [pq.read_table(f) for f in _parts(Path(out))]
+    if not tables:
+        return _schema().empty_table()
+    table = pa.concat_tables(tables)
+    return table.sort_by("path")
+
+
+def _parts(out: Path) -> List[Path]:
+    if not out.exists():
+        return []
+    if not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder name (e.g. results.parquet): batch inference writes "
+                         f"a Parquet dataset folder of part files so that a stopped run can resume")
+    return sorted(out.glob("part-*.parquet"))
+
+
+def _done(out: Path) -> set:
+    import pyarrow.parquet as pq
+
+    done = set()
+    for f in _parts(out):
+        done.update(pq.read_table(f, columns=["path"]).column("path").to_pylist())
+    return done
+
+
+def _rows(classifier, paths: Sequence[str], images: Sequence, errors: Sequence[Optional[str]], topk: int) -> dict:
+    """One batch's output columns; ``images[i]`` is a (3, H, W) tensor where ``errors[i]`` is None."""
+    ok = [i for i, e in enumerate(errors) if e is None]
+    probs = classifier(torch.stack([images[i] for i in ok])) if ok else np.zeros((0, len(classifier.names)))
+    k = min(topk, len(classifier.names))
+    cols = {"path": list(paths), "top_indices": [[] for _ in paths], "top_labels": [[] for _ in paths],
+            "top_probs": [[] for _ in paths], "error": list(errors)}
+    for i, row in zip(ok, probs):
+        idx = np.argsort(-row, kind="stable")[:k]
+        cols["top_indices"][i] = [int(j) for j in idx]
+        cols["top_labels"][i] = [classifier.names[j] for j in idx]
+        cols["top_probs"][i] = [float(row[j]) for j in idx]
+    return cols
+
+
+def _table(cols: dict):
+    import pyarrow as pa
+
+    return pa.Table.from_pydict(cols, schema=_schema())
+
+
+def _decode(transform, path: str, data: bytes):
+    """(tensor, None) or (None, error message) for one file's bytes (the server's decoding)."""
+    try:
+        return decode_transformed(data, transform, path), None
+    except ImageDecodeError as e:
+        return None, str(e)
+
+
+class _Predictor:
+    """A Ray Data actor: builds the model once, then maps batches of ``{path, bytes}`` to output rows."""
+
+    def __init__(self, spec: ModelSpec, topk: int) -> None:
+        self.classifier, self.topk = spec.build(), topk
+
+    def __call__(self, batch: dict):
+        paths = [str(p) for p in batch["path"]]
+        decoded = [_decode(self.classifier.transform, p, bytes(b)) for p, b in zip(paths, batch["bytes"])]
+        return _table(_rows(self.classifier, paths, [d[0] for d in decoded], [d[1] for d in decoded], self.topk))
+
+
+class _Files(torch.utils.data.Dataset):
+    """In-process path: item ``i`` is (path, tensor or None, error or None), read and decoded in a worker."""
+
+    def __init__(self, paths: Sequence[str], transform, max_bytes: int) -> None:
+        self.paths, self.transform, self.max_bytes = list(paths), transform, max_bytes
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        path = self.paths[i]
+        try:
+            with open(path, "rb") as f:
+                data = f.read(self.max_bytes + 1)
+        except OSError as e:
+            return path, None, f"cannot read {path}: {e.strerror or e}"
+        if len(data) > self.max_bytes:
+            return path, None, _too_large(path, len(data), self.max_bytes)
+        x, err = _decode(self.transform, path, data)
+        return path, x, err
+
+
+def _too_large(path: str, size: int, cap: int) -> str:
+    return (f"cannot decode image {path}: the file has {'more than ' if size > cap else ''}{size:,} bytes, over the "
+            f"cap of {cap:,} (--max-file-mb); raise the cap or downscale it")
+
+
+def _collate(items):
+    return items
+
+
+class _Writer:
+    """Writes part files atomically into ``out`` and reports progress (tqdm: count and images/s)."""
+
+    def __init__(self, out: Path, total: int, progress: bool) -> None:
+        from tqdm import tqdm
+
+        self.out, self.run = out, f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        self.n = self.images = self.errors = 0
+        self.bar = tqdm(total=total, unit="img", disable=not progress, desc="predict-batch", dynamic_ncols=True)
+        out.mkdir(parents=True, exist_ok=True)
+
+    def write(self, table) -> None:
+        import pyarrow.parquet as pq
+
+        if table.num_rows == 0:
+            return
+        table = table.cast(_schema())
+        path = self.out / f"part-{self.run}-{self.n:05d}.parquet"
+        atomic_write(path, lambda tmp: pq.write_table(table, tmp), suffix=".parquet")
+        self.n += 1
+        errors = table.num_rows - table.column("error").null_count
+        self.images += table.num_rows
+        self.errors += errors
+        self.bar.update(table.num_rows)
+        self.bar.set_postfix(errors=self.errors)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def ray_data_available() -> bool:
+    """Whether Ray Data is installed (``pip install 'effnet[batch]'``)."""
+    return importlib.util.find_spec("ray") is not None and importlib.util.find_spec("ray.data") is not None
+
+
+def predict_batch(source, out: Union[str, os.PathLike], spec: ModelSpec, topk: int = 5, batch_size: int = 32,
+                  runner: str = "auto", address: Optional[str] = None, actors: int = 1, cpus_per_actor: float = 1.0,
+                  gpus_per_actor: float = 0.0, workers: int = 2, chunk: int = 1024,
+                  max_file_mb: float = MAX_FILE_MB, progress: bool = True) -> dict:
+    """Classify every image SOURCE names and write the Parquet folder ``out`` (module docstring).
+
+    Args:
+        source: what :func:`list_sources` takes (folder, glob, .txt list, file, or a sequence).
+        out: the Parquet dataset folder; paths already in it are skipped.
+        spec: the model and engine each worker builds (:class:`ModelSpec`).
+        topk: classes per row.
+        batch_size: images per engine call.
+        runner: ``ray`` (Ray Data), ``local`` (in-process DataLoader) or ``auto`` (``ray`` when
+            installed).
+        address: a Ray cluster (``ray://host:10001`` or ``auto``); None starts a local instance.
+        actors, cpus_per_actor, gpus_per_actor: the Ray actor pool (each actor builds the model once).
+        workers: DataLoader worker processes of the in-process path.
+        chunk: rows per part file.
+        max_file_mb: files larger than this (MiB) get an error row and are not read.
+        progress: a tqdm bar on stderr (count, images/s, errors).
+
+    Returns:
+        ``{"images", "errors", "skipped" (already in out), "seconds", "images_per_s", "runner", "out"}``
+        for this run.
+
+    Raises:
+        FileNotFoundError: SOURCE names nothing (:func:`list_sources`).
+        ValueError: bad arguments; ``out`` is a file; ``runner="ray"`` without Ray installed.
+    """
+    for name, value in (("topk", topk), ("batch_size", batch_size), ("actors", actors), ("chunk", chunk)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if not max_file_mb > 0:
+        raise ValueError(f"max_file_mb must be > 0, got {max_file_mb!r}")
+    if runner == "auto":
+        runner = "ray" if ray_data_available() else "local"
+    if runner not in ("ray", "local"):
+        raise ValueError(f"runner must be ray, local or auto, got {runner!r}")
+    if runner == "ray" and not ray_data_available():
+        raise ValueError("runner 'ray' needs Ray Data: pip install 'effnet[batch]' (or use runner 'local')")
+    out = Path(out)
+    files = list_sources(source)
+    done = _done(out)
+    todo = [f for f in files if f not in done]
+    cap = int(max_file_mb * (1 << 20))
+    writer = _Writer(out, len(todo), progress)
+    t0 = time.perf_counter()
+    try:
+        if todo:
+            oversized = []
+            readable = []
+            for f in todo:
+                try:
+                    size = os.stat(f).st_size
+                except OSError as e:
+                    oversized.append((f, f"cannot read {f}: {e.strerror or e}"))
+                    continue
+                (oversized.append((f, _too_large(f, size, cap))) if size > cap else readable.append(f))
+            if oversized:
+                writer.write(_table({"path": [f for f, _ in oversized], "top_indices": [[]] * len(oversized),
+                                     "top_labels": [[]] * len(oversized), "top_probs": [[]] * len(oversized),
+                                     "error": [e for _, e in oversized]}))
+            run = _run_ray if runner == "ray" else _run_local
+            run(readable, writer, spec, topk, batch_size, chunk, address=address, actors=actors,
+                cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor, workers=workers, cap=cap)
+    finally:
+        writer.close()
+    seconds = time.perf_counter() - t0
+    return {"images": writer.images, "errors": writer.errors, "skipped": len(files) - len(todo),
+            "seconds": round(seconds, 3), "images_per_s": round(writer.images / seconds, 2) if writer.images else 0.0,
+            "runner": runner, "out": str(out)}
+
+
+def _run_local(paths: List[str], writer: _Writer, spec: ModelSpec, topk: int, batch_size: int, chunk: int,
+               workers: int, cap: int, **_) -> None:
+    if not paths:
+        return
+    classifier = spec.build()
+    loader = torch.utils.data.DataLoader(_Files(paths, classifier.transform, cap), batch_size=batch_size, num_workers=workers,
+                                         collate_fn=_collate, persistent_workers=False)
+    pending: List = []
+    for items in loader:
+        cols = _rows(classifier, [p for p, _, _ in items], [x for _, x, _ in items], [e for _, _, e in items], topk)
+        pending.append(_table(cols))
+        if sum(t.num_rows for t in pending) >= chunk:
+            _flush(writer, pending)
+    _flush(writer, pending)
+
+
+def _flush(writer: _Writer, pending: list) -> None:
+    import pyarrow as pa
+
+    if pending:
+        writer.write(pa.concat_tables(pending))
+        pending.clear()
+
+
+def _run_ray(paths: List[str], writer: _Writer, spec: ModelSpec, topk: int, batch_size: int, chunk: int,
+             address: Optional[str], actors: int, cpus_per_actor: float, gpus_per_actor: float, **_) -> None:
+    if not paths:
+        return
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ds = ray.data.read_binary_files(paths, include_paths=True, ignore_missing_paths=True)
+        ds = ds.map_batches(_Predictor, fn_constructor_kwargs={"spec": spec, "topk": topk}, batch_size=batch_size,
+                            batch_format="numpy", concurrency=actors, num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)
+        seen = set()
+        for table in ds.iter_batches(batch_size=chunk, batch_format="pyarrow"):
+            seen.update(table.column("path").to_pylist())
+            writer.write(table)
+        vanished = [p for p in paths if p not in seen]          # removed between listing and reading
+        if vanished:
+            writer.write(_table({"path": vanished, "top_indices": [[]] * len(vanished),
+                                 "top_labels": [[]] * len(vanished), "top_probs": [[]] * len(vanished),
+                                 "error": [f"cannot read {p}: the file disappeared before it was read"
+                                           for p in vanished]}))
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def summarize(out: Union[str, os.PathLike], labels: Optional[Iterable] = None) -> dict:
+    """Counts over the Parquet folder ``out``: rows, errors, and top-1 against ``labels``.
+
+    Args:
+        labels: ``{path: class_index}`` for the rows to score (absolute paths), or None.
+
+    Returns:
+        ``{"rows", "errors", "scored", "top1"}`` (top-1 in percent over labelled rows without errors).
+    """
+    table = read_results(out).to_pydict()
+    rows = len(table["path"])
+    errors = sum(e is not None for e in table["error"])
+    scored = correct = 0
+    if labels is not None:
+        labels = dict(labels)
+        for p, idx, e in zip(table["path"], table["top_indices"], table["error"]):
+            if e is None and p in labels:
+                scored += 1
+                correct += int(idx[0] == labels[p])
+    return {"rows": rows, "errors": errors, "scored": scored, "top1": 100.0 * correct / scored if scored else None}
