@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 EFFNET_DATA ?= $(abspath ../shared/data)
 export EFFNET_DATA
 
-.PHONY: demo test install clean
+.PHONY: demo test install browser clean
 
 # torch goes in first and pinned: the local CPU wheel. A bare `pip install torch` (or a
 # dependency resolving it) would pull gigabytes of CUDA packages.
@@ -39,7 +39,18 @@ demo: install
 	$(EFFNET) predict --weights $(DEMO_RUN)/best --topk 1 \
 		$$(ls "$$D"/val/ants/*.jpg | head -3) $$(ls "$$D"/val/bees/*.jpg | head -3)
 
-test: install
+# The web app's browser test drives Debian's chromium with chromedriver (Selenium). Installed
+# with apt when missing and we can (root with apt-get); otherwise that one test is skipped
+# with the reason.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium and chromium-driver (apt) for the browser test"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
+			>/dev/null) || echo "warning: could not install chromium; the browser test will be skipped"; \
+	else echo "note: no chromium/chromedriver and no root apt-get; the browser test will be skipped"; fi
+
+test: install browser
 	$(PY) -m pytest
 
 clean:
