@@ -31,7 +31,8 @@ ENGINES = ("eager", "channels_last", "compile", "onnx", "openvino", "onnx-int8",
 INT8_ENGINES = ("onnx-int8", "openvino-int8")
 
 
-def onnx_session(path: Union[str, os.PathLike], threads: Optional[int] = None, optimization: str = "blocked"):
+def onnx_session(path: Union[str, os.PathLike], threads: Optional[int] = None, optimization: str = "blocked",
+                 spinning: bool = True):
     """An onnxruntime CPU InferenceSession with explicit settings.
 
     Args:
@@ -45,6 +46,10 @@ def onnx_session(path: Union[str, os.PathLike], threads: Optional[int] = None, o
             benchmarks/README.md). The rewritten graph is checked against ``all`` on a random
             batch before it is used (within 1e-4 of the logits' scale); where nothing matches
             or the check fails (with a warning), the session is ``all``.
+        spinning: onnxruntime's worker threads busy-wait for the next run (its default: the
+            lowest latency for back-to-back runs). ``False`` puts them to sleep at once, which
+            a server wants: between engine calls the cores decode uploads and parse HTTP
+            (``session.intra_op.allow_spinning``; measured in benchmarks/README.md).
 
     Raises:
         ValueError: an unknown ``optimization``.
@@ -64,6 +69,8 @@ def onnx_session(path: Union[str, os.PathLike], threads: Optional[int] = None, o
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
+        if not spinning:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return opts
 
     if optimization != "blocked":
@@ -141,14 +148,15 @@ class OnnxModel:
         optimization: graph optimisation level (:func:`onnx_session`; default ``blocked``).
         micro_batch: images per session run; larger batches are split
             (:func:`run_in_micro_batches`; default :data:`MICRO_BATCH`).
+        spinning: let worker threads busy-wait between runs (:func:`onnx_session`).
 
     Raises:
         ValueError: (on call) the input is not a 4-D batch.
     """
 
     def __init__(self, path: Union[str, os.PathLike], threads: Optional[int] = None,
-                 optimization: str = "blocked", micro_batch: Optional[int] = MICRO_BATCH) -> None:
-        self.session = onnx_session(path, threads, optimization)
+                 optimization: str = "blocked", micro_batch: Optional[int] = MICRO_BATCH, spinning: bool = True) -> None:
+        self.session = onnx_session(path, threads, optimization, spinning)
         self.input = self.session.get_inputs()[0].name
         self.micro_batch = micro_batch
 
@@ -214,7 +222,8 @@ class OpenVinoModel:
         return run_in_micro_batches(self._run, _as_batch(x), self.micro_batch)
 
 
-def build_engine(model: nn.Module, engine: str, resolution: int, calibration=None, workdir=None):
+def build_engine(model: nn.Module, engine: str, resolution: int, calibration=None, workdir=None,
+                 spinning: bool = True):
     """A callable ``f(x: Tensor (N, C, H, W) float32) -> Tensor (N, classes)`` running ``model`` with ``engine``.
 
     Engines (:data:`ENGINES`):
@@ -229,7 +238,8 @@ def build_engine(model: nn.Module, engine: str, resolution: int, calibration=Non
       on ``calibration`` (a list of preprocessed float32 (N, C, H, W) batches of real images),
       run in onnxruntime / OpenVINO.
 
-    ONNX engines use ``torch.get_num_threads()`` threads.
+    ONNX engines use ``torch.get_num_threads()`` threads; ``spinning=False`` stops onnxruntime's
+    threads busy-waiting between calls (:func:`onnx_session`; for a server sharing its cores).
 
     Raises:
         ValueError: an unknown engine, or an INT8 engine without calibration batches.
@@ -262,6 +272,6 @@ def build_engine(model: nn.Module, engine: str, resolution: int, calibration=Non
         if engine.startswith("openvino"):
             runner = OpenVinoModel(path, threads=torch.get_num_threads())
         else:
-            runner = OnnxModel(path, threads=torch.get_num_threads())
+            runner = OnnxModel(path, threads=torch.get_num_threads(), spinning=spinning)
         return lambda x, _keep=tmp: torch.from_numpy(runner(x))
     raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")

@@ -39,7 +39,8 @@ class Classifier:
         self.preprocess_config = model.config.preprocess
         self.transform = eval_transform(model.config)
         self.names = model_class_names(model)
-        self._run = build_engine(model, engine, self.preprocess_config.input_size, calibration)
+        # onnxruntime threads sleep between calls: the same cores decode uploads and parse HTTP
+        self._run = build_engine(model, engine, self.preprocess_config.input_size, calibration, spinning=False)
 
     def preprocess(self, data: bytes, filename: str = "<upload>") -> torch.Tensor:
         """Encoded image bytes -> float32 (3, H, W), the model's eval preprocessing.
