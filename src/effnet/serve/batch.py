@@ -19,10 +19,12 @@ atomically as results stream in, so a run stopped at any point keeps what it wro
 run with the same ``out`` skips every path already in it (errors included: they are
 results).
 
-With Ray (``pip install 'effnet[batch]'``): ``ray.data.read_binary_files`` reads the files
-and ``map_batches`` runs them through a pool of actors, each of which builds the model and
-its engine once (:class:`_Predictor`), on a local Ray instance or the cluster at
-``address``; files must be readable at the same path on every node. Without Ray: a
+With Ray (``pip install 'effnet[batch]'``): a dataset of paths (``ray.data.from_items``) and
+``map_batches`` over a pool of actors, each of which builds the model and its engine once and
+reads, decodes and classifies its batches (:class:`_Predictor`), on a local Ray instance or
+the cluster at ``address``; files must be readable at the same path on every node. (With
+``read_binary_files`` the read tasks need CPUs of their own: 2 actors of 1 CPU on a 2-CPU
+machine left them none and the run hung.) Without Ray: a
 DataLoader's workers read and decode, the engine runs in this process. Both paths decode with
 :func:`effnet.data.decode_image` on the file's bytes and run the same engine, so they write
 the same rows (probabilities equal up to float rounding between batch compositions).
@@ -203,15 +205,32 @@ def _decode(transform, path: str, data: bytes):
         return None, str(e)
 
 
-class _Predictor:
-    """A Ray Data actor: builds the model once, then maps batches of ``{path, bytes}`` to output rows."""
+def _read_and_decode(transform, path: str, cap: int):
+    """(tensor, None) or (None, error message) for one file: read at most ``cap + 1`` bytes, decode."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(cap + 1)
+    except OSError as e:
+        return None, f"cannot read {path}: {e.strerror or e}"
+    if len(data) > cap:
+        return None, _too_large(path, len(data), cap)
+    return _decode(transform, path, data)
 
-    def __init__(self, spec: ModelSpec, topk: int) -> None:
-        self.classifier, self.topk = spec.build(), topk
+
+class _Predictor:
+    """A Ray Data actor: builds the model once, then maps batches of ``{path}`` to output rows.
+
+    The actor reads each file itself (at most the cap, :func:`_read_and_decode`): no separate
+    read tasks compete with the actors for the CPUs Ray hands out, and the size cap holds at
+    the read, not only at listing time.
+    """
+
+    def __init__(self, spec: ModelSpec, topk: int, cap: int) -> None:
+        self.classifier, self.topk, self.cap = spec.build(), topk, cap
 
     def __call__(self, batch: dict):
         paths = [str(p) for p in batch["path"]]
-        decoded = [_decode(self.classifier.transform, p, bytes(b)) for p, b in zip(paths, batch["bytes"])]
+        decoded = [_read_and_decode(self.classifier.transform, p, self.cap) for p in paths]
         return _table(_rows(self.classifier, paths, [d[0] for d in decoded], [d[1] for d in decoded], self.topk))
 
 
@@ -226,14 +245,7 @@ class _Files(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         path = self.paths[i]
-        try:
-            with open(path, "rb") as f:
-                data = f.read(self.max_bytes + 1)
-        except OSError as e:
-            return path, None, f"cannot read {path}: {e.strerror or e}"
-        if len(data) > self.max_bytes:
-            return path, None, _too_large(path, len(data), self.max_bytes)
-        x, err = _decode(self.transform, path, data)
+        x, err = _read_and_decode(self.transform, path, self.max_bytes)
         return path, x, err
 
 
@@ -379,7 +391,8 @@ def _flush(writer: _Writer, pending: list) -> None:
 
 
 def _run_ray(paths: List[str], writer: _Writer, spec: ModelSpec, topk: int, batch_size: int, chunk: int,
-             address: Optional[str], actors: int, cpus_per_actor: float, gpus_per_actor: float, **_) -> None:
+             address: Optional[str], actors: int, cpus_per_actor: float, gpus_per_actor: float, cap: int,
+             **_) -> None:
     if not paths:
         return
     import ray
@@ -390,19 +403,13 @@ def _run_ray(paths: List[str], writer: _Writer, spec: ModelSpec, topk: int, batc
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
-        ds = ray.data.read_binary_files(paths, include_paths=True, ignore_missing_paths=True)
-        ds = ds.map_batches(_Predictor, fn_constructor_kwargs={"spec": spec, "topk": topk}, batch_size=batch_size,
-                            batch_format="numpy", concurrency=actors, num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)
-        seen = set()
+        ds = ray.data.from_items([{"path": p} for p in paths])
+        ds = ds.map_batches(_Predictor, fn_constructor_kwargs={"spec": spec, "topk": topk, "cap": cap},
+                            batch_size=batch_size, batch_format="numpy",
+                            compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cpus_per_actor,
+                            num_gpus=gpus_per_actor)
         for table in ds.iter_batches(batch_size=chunk, batch_format="pyarrow"):
-            seen.update(table.column("path").to_pylist())
             writer.write(table)
-        vanished = [p for p in paths if p not in seen]          # removed between listing and reading
-        if vanished:
-            writer.write(_table({"path": vanished, "top_indices": [[]] * len(vanished),
-                                 "top_labels": [[]] * len(vanished), "top_probs": [[]] * len(vanished),
-                                 "error": [f"cannot read {p}: the file disappeared before it was read"
-                                           for p in vanished]}))
     finally:
         if started:
             ray.shutdown()
