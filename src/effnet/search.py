@@ -32,6 +32,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
+from . import _ray
 from ._io import atomic_write
 from ._validate import check_float, check_int
 from .registry import create_model, get_config
@@ -295,13 +296,9 @@ def _ray_trainable(config: dict) -> None:
 
 def _run_ray(trials: list[Trial], settings: TrialSettings, out: Path, address: Optional[str], cpus_per_trial: int,
              gpus_per_trial: float, time_budget_s: Optional[float]) -> None:
-    import ray
     from ray import tune
 
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
+    with _ray.session(address):
         trainable = tune.with_resources(_ray_trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
         space = {"trial": tune.grid_search([dataclasses.asdict(t) for t in trials]),
                  "settings": dataclasses.asdict(settings), "out": str(out), "threads": cpus_per_trial}
@@ -310,16 +307,11 @@ def _run_ray(trials: list[Trial], settings: TrialSettings, out: Path, address: O
                                                        time_budget_s=time_budget_s),
                            run_config=tune.RunConfig(storage_path=str(out / "ray"), name="trials", verbose=0))
         tuner.fit()
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def ray_available() -> bool:
     """Whether Ray Tune is installed (``pip install 'effnet[search]'``)."""
-    import importlib.util
-
-    return importlib.util.find_spec("ray") is not None and importlib.util.find_spec("ray.tune") is not None
+    return _ray.available("ray.tune")
 
 
 def run_trials(trials: Sequence[Trial], settings: TrialSettings, out: Union[str, Path], runner: str = "auto",
@@ -349,12 +341,7 @@ def run_trials(trials: Sequence[Trial], settings: TrialSettings, out: Union[str,
         ValueError: an unknown runner, or ``ray`` asked for but not installed.
     """
     out = Path(out).resolve()          # Ray runs each trial in a folder of its own: paths must be absolute
-    if runner == "auto":
-        runner = "ray" if ray_available() else "local"
-    if runner not in ("ray", "local"):
-        raise ValueError(f"runner must be ray, local or auto, got {runner!r}")
-    if runner == "ray" and not ray_available():
-        raise ValueError("runner 'ray' needs Ray Tune: pip install 'effnet[search]' (or use runner 'local')")
+    runner = _ray.resolve_runner(runner, "ray.tune", "Ray Tune", "search")
     cores = os.cpu_count() or 1
     if cpus_per_trial is None:
         cpus_per_trial = max(1, cores // trials_per_node) if (runner == "ray" and trials_per_node) else (

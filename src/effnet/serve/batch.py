@@ -33,7 +33,6 @@ the same rows (probabilities equal up to float rounding between batch compositio
 from __future__ import annotations
 
 import glob
-import importlib.util
 import os
 import time
 import uuid
@@ -44,6 +43,7 @@ from typing import Iterable, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from .. import _ray
 from .._io import atomic_write
 from ..data import IMAGE_EXTENSIONS, ImageDecodeError, decode_transformed, list_images
 
@@ -288,11 +288,6 @@ class _Writer:
         self.bar.close()
 
 
-def ray_data_available() -> bool:
-    """Whether Ray Data is installed (``pip install 'effnet[batch]'``)."""
-    return importlib.util.find_spec("ray") is not None and importlib.util.find_spec("ray.data") is not None
-
-
 def predict_batch(source, out: Union[str, os.PathLike], spec: ModelSpec, topk: int = 5, batch_size: int = 32,
                   runner: str = "auto", address: Optional[str] = None, actors: int = 1, cpus_per_actor: float = 1.0,
                   gpus_per_actor: float = 0.0, workers: int = 2, chunk: int = 1024,
@@ -327,12 +322,7 @@ def predict_batch(source, out: Union[str, os.PathLike], spec: ModelSpec, topk: i
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     if not max_file_mb > 0:
         raise ValueError(f"max_file_mb must be > 0, got {max_file_mb!r}")
-    if runner == "auto":
-        runner = "ray" if ray_data_available() else "local"
-    if runner not in ("ray", "local"):
-        raise ValueError(f"runner must be ray, local or auto, got {runner!r}")
-    if runner == "ray" and not ray_data_available():
-        raise ValueError("runner 'ray' needs Ray Data: pip install 'effnet[batch]' (or use runner 'local')")
+    runner = _ray.resolve_runner(runner, "ray.data", "Ray Data", "batch")
     out = Path(out)
     files = list_sources(source)
     done = _done(out)
@@ -397,10 +387,7 @@ def _run_ray(paths: List[str], writer: _Writer, spec: ModelSpec, topk: int, batc
         return
     import ray
 
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
+    with _ray.session(address):
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ds = ray.data.from_items([{"path": p} for p in paths])
@@ -410,9 +397,6 @@ def _run_ray(paths: List[str], writer: _Writer, spec: ModelSpec, topk: int, batc
                             num_gpus=gpus_per_actor)
         for table in ds.iter_batches(batch_size=chunk, batch_format="pyarrow"):
             writer.write(table)
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def summarize(out: Union[str, os.PathLike], labels: Optional[Iterable] = None) -> dict:
