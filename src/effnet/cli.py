@@ -128,29 +128,21 @@ def _collect_images(inputs: Sequence[str]) -> list[Path]:
 
 
 def _build_model(args: argparse.Namespace, warn_random: bool = True):
-    """The model the --model/--weights/--pretrained arguments ask for, in eval mode.
+    """The model the --model/--weights/--pretrained arguments ask for, in eval mode (:func:`effnet.registry.load_model`).
 
     Without weights the model is randomly initialised; ``warn_random`` says so on stderr
     (not for benchmarks, whose speed does not depend on the weights' values).
     """
-    from .registry import create_model, from_pretrained
-    from .weights import CONFIG_NAME
+    from .registry import ModelChoiceError, load_model
 
-    if args.weights and args.pretrained:
-        raise SystemExit("error: give --weights (a file or folder) or --pretrained (the registered weights), not both")
-    if args.weights and Path(args.weights).is_dir() and (Path(args.weights) / CONFIG_NAME).is_file():
-        return from_pretrained(args.weights)
-    if args.model is None:
-        raise SystemExit("error: --model is required unless --weights is an effnet folder (from save_pretrained)")
-    if args.weights:
-        return create_model(args.model, weights=args.weights, num_classes=None).eval()
-    if args.pretrained:
-        return create_model(args.model, pretrained=args.pretrained).eval()
-    if warn_random:
+    try:
+        model = load_model(args.model, args.weights, args.pretrained)
+    except ModelChoiceError as e:
+        raise SystemExit(f"error: {e}") from None
+    if warn_random and not (args.weights or args.pretrained):
         print(f"note: {args.model} has random weights (no --weights or --pretrained); predictions are meaningless",
               file=sys.stderr)
-    return create_model(args.model).eval()
-
+    return model
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     import torch
@@ -236,13 +228,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict_batch(args: argparse.Namespace) -> int:
+    from .registry import ModelChoiceError
     from .serve.batch import ModelSpec, predict_batch
 
-    if args.weights and args.pretrained:
-        raise SystemExit("error: give --weights (a file or folder) or --pretrained (the registered weights), not both")
     if args.engine in ("onnx-int8", "openvino-int8"):
         raise SystemExit("error: predict-batch runs fp32 engines (eager, channels_last, compile, onnx, openvino)")
-    spec = ModelSpec(args.model, args.weights, args.pretrained, args.engine, args.threads)
+    try:
+        spec = ModelSpec(args.model, args.weights, args.pretrained, args.engine, args.threads)
+    except ModelChoiceError as e:
+        raise SystemExit(f"error: {e}") from None
     r = predict_batch(args.sources, args.out, spec, topk=args.topk, batch_size=args.batch_size, runner=args.runner,
                       address=args.address, actors=args.actors, cpus_per_actor=args.cpus_per_actor,
                       gpus_per_actor=args.gpus_per_actor, workers=args.workers, chunk=args.chunk,

@@ -44,6 +44,9 @@ __all__ = [
     "list_models",
     "create_model",
     "from_pretrained",
+    "load_model",
+    "check_model_choice",
+    "ModelChoiceError",
     "get_weight_source",
     "WeightSource",
     "INTERPOLATIONS",
@@ -926,3 +929,45 @@ def from_pretrained(directory: Union[str, os.PathLike]) -> nn.Module:
                          weights=directory)
     model.class_names = [str(n) for n in names] or None
     return model.eval()
+
+
+class ModelChoiceError(ValueError):
+    """:func:`load_model` was asked for both weights and pretrained, or for no model at all."""
+
+
+def check_model_choice(model: Optional[str], weights: Union[str, os.PathLike, None],
+                       pretrained: Union[bool, str, None]) -> bool:
+    """Check what :func:`load_model` is asked for, without loading anything; whether
+    ``weights`` is an effnet folder (from ``save_pretrained``, which names its model).
+
+    Raises:
+        ModelChoiceError: both ``weights`` and ``pretrained``; no ``model`` and no effnet folder.
+    """
+    if weights and pretrained:
+        raise ModelChoiceError("give --weights (a file or folder) or --pretrained (the registered weights), not both")
+    folder = bool(weights) and Path(weights).is_dir() and (Path(weights) / CONFIG_NAME).is_file()
+    if model is None and not folder:
+        raise ModelChoiceError("--model is required unless --weights is an effnet folder (from save_pretrained)")
+    return folder
+
+
+def load_model(model: Optional[str] = None, weights: Union[str, os.PathLike, None] = None,
+               pretrained: Union[bool, str, None] = None) -> nn.Module:
+    """The model a name, a weights source and/or ``pretrained`` ask for, in eval mode: what
+    ``--model``, ``--weights`` and ``--pretrained`` mean to every effnet command.
+
+    - ``weights`` an effnet folder (from ``save_pretrained``): :func:`from_pretrained` (the
+      folder names the model; ``model`` is not needed);
+    - ``weights`` any other file, URL or folder: ``create_model(model, weights=weights,
+      num_classes=None)`` (the classifier's size from the weights);
+    - else ``create_model(model, pretrained=pretrained)`` (random weights without ``pretrained``).
+
+    Raises:
+        ModelChoiceError: both ``weights`` and ``pretrained``; no ``model`` and no effnet folder.
+        As :func:`create_model` / :func:`from_pretrained` for unknown names and bad weights.
+    """
+    if check_model_choice(model, weights, pretrained):
+        return from_pretrained(weights)
+    if weights:
+        return create_model(model, weights=weights, num_classes=None).eval()
+    return create_model(model, pretrained=pretrained or False).eval()

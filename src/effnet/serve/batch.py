@@ -79,29 +79,28 @@ class ModelSpec:
     engine: str = "eager"
     threads: Optional[int] = None
 
-    def build(self):
-        """The :class:`~effnet.serve.classifier.Classifier` this spec names.
+    def __post_init__(self) -> None:
+        """Checked here in the driver, not first in each actor.
 
         Raises:
-            ValueError: no model, both weights and pretrained, an unknown engine (as the CLI).
+            ModelChoiceError: as :func:`effnet.registry.check_model_choice`.
         """
-        from ..registry import create_model, from_pretrained
-        from ..weights import CONFIG_NAME
+        from ..registry import check_model_choice
+
+        check_model_choice(self.model, self.weights, self.pretrained)
+
+    def build(self):
+        """The :class:`~effnet.serve.classifier.Classifier` this spec names (:func:`effnet.registry.load_model`).
+
+        Raises:
+            ValueError: an unknown model or engine, unreadable weights (as :func:`effnet.registry.load_model`).
+        """
+        from ..registry import load_model
         from .classifier import Classifier
 
         if self.threads:
             torch.set_num_threads(self.threads)
-        if self.weights and self.pretrained:
-            raise ValueError("give weights or pretrained, not both")
-        if self.weights and Path(self.weights).is_dir() and (Path(self.weights) / CONFIG_NAME).is_file():
-            model = from_pretrained(self.weights)
-        elif self.model is None:
-            raise ValueError("a model name is required unless weights is an effnet folder (from save_pretrained)")
-        elif self.weights:
-            model = create_model(self.model, weights=self.weights, num_classes=None)
-        else:
-            model = create_model(self.model, pretrained=self.pretrained)
-        return Classifier(model.eval(), self.engine, name=self.model)
+        return Classifier(load_model(self.model, self.weights, self.pretrained), self.engine, name=self.model)
 
 
 def list_sources(source: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]) -> List[str]:
