@@ -121,7 +121,7 @@ def test_sources_caps_and_bad_arguments(folder, tmp_path):
         predict_batch(folder, tmp_path / "file.parquet", SPEC, runner="local", progress=False)
     with pytest.raises(ValueError, match="batch_size"):
         predict_batch(folder, tmp_path / "o", SPEC, batch_size=0, progress=False)
-    # a file over --max-file-mb is an error row and is never read
+    # a file over --max-file-mb is an error row (read no further than the cap)
     r = predict_batch(folder, tmp_path / "capped.parquet", SPEC, runner="local", workers=0, max_file_mb=0.05,
                       progress=False)
     rows = read_results(tmp_path / "capped.parquet").to_pydict()

@@ -845,7 +845,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=POSITIVE, default=None, help="torch/engine threads per model (default: torch's)")
     p.add_argument("--workers", type=NON_NEGATIVE, default=2, help="DataLoader workers of the in-process runner")
     p.add_argument("--chunk", type=POSITIVE, default=1024, help="rows per Parquet part file")
-    p.add_argument("--max-file-mb", type=_real(0), default=64.0, help="larger files get an error row, unread")
+    p.add_argument("--max-file-mb", type=_real(0), default=64.0, help="larger files get an error row (at most this much of one is read)")
     p.add_argument("--json", action="store_true", help="print the run's counts as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_predict_batch)

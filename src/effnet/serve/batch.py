@@ -45,12 +45,13 @@ import torch
 
 from .. import _ray
 from .._io import atomic_write
+from .._validate import check_float, check_int
 from ..data import IMAGE_EXTENSIONS, ImageDecodeError, decode_transformed, list_images
 
 __all__ = ["ModelSpec", "predict_batch", "list_sources", "read_results", "summarize", "MAX_FILE_MB"]
 
 MAX_FILE_MB = 64.0
-"""Default cap on one image file, MiB: a larger file gets an error row and is never read."""
+"""Default cap on one image file, MiB: a larger file gets an error row; no more than the cap (+1 byte) of it is read."""
 
 
 def _schema():
@@ -183,10 +184,10 @@ def _rows(classifier, paths: Sequence[str], images: Sequence, errors: Sequence[O
     cols = {"path": list(paths), "top_indices": [[] for _ in paths], "top_labels": [[] for _ in paths],
             "top_probs": [[] for _ in paths], "error": list(errors)}
     for i, row in zip(ok, probs):
-        idx = np.argsort(-row, kind="stable")[:k]
-        cols["top_indices"][i] = [int(j) for j in idx]
-        cols["top_labels"][i] = [classifier.names[j] for j in idx]
-        cols["top_probs"][i] = [float(row[j]) for j in idx]
+        top = classifier.topk(row, k)
+        cols["top_indices"][i] = [t["class_index"] for t in top]
+        cols["top_labels"][i] = [t["label"] for t in top]
+        cols["top_probs"][i] = [t["probability"] for t in top]
     return cols
 
 
@@ -196,24 +197,25 @@ def _table(cols: dict):
     return pa.Table.from_pydict(cols, schema=_schema())
 
 
-def _decode(transform, path: str, data: bytes):
-    """(tensor, None) or (None, error message) for one file's bytes (the server's decoding)."""
+def _read_and_decode(transform, path: str, cap: int):
+    """(tensor, None) or (None, error message) for one file: read at most ``cap + 1`` bytes, decode.
+
+    The one place both runners read a file: the cap holds at the read itself (a file that
+    grew after listing is still refused), and a file that vanished or cannot be read is an
+    error row like an undecodable one.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read(cap + 1)
+            if len(data) > cap:
+                return None, (f"cannot decode image {path}: the file has {os.fstat(f.fileno()).st_size:,} bytes, "
+                              f"over the cap of {cap:,} (--max-file-mb); raise the cap or downscale it")
+    except OSError as e:
+        return None, f"cannot read {path}: {e.strerror or e}"
     try:
         return decode_transformed(data, transform, path), None
     except ImageDecodeError as e:
         return None, str(e)
-
-
-def _read_and_decode(transform, path: str, cap: int):
-    """(tensor, None) or (None, error message) for one file: read at most ``cap + 1`` bytes, decode."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(cap + 1)
-    except OSError as e:
-        return None, f"cannot read {path}: {e.strerror or e}"
-    if len(data) > cap:
-        return None, _too_large(path, len(data), cap)
-    return _decode(transform, path, data)
 
 
 class _Predictor:
@@ -246,11 +248,6 @@ class _Files(torch.utils.data.Dataset):
         path = self.paths[i]
         x, err = _read_and_decode(self.transform, path, self.max_bytes)
         return path, x, err
-
-
-def _too_large(path: str, size: int, cap: int) -> str:
-    return (f"cannot decode image {path}: the file has {'more than ' if size > cap else ''}{size:,} bytes, over the "
-            f"cap of {cap:,} (--max-file-mb); raise the cap or downscale it")
 
 
 def _collate(items):
@@ -305,7 +302,7 @@ def predict_batch(source, out: Union[str, os.PathLike], spec: ModelSpec, topk: i
         actors, cpus_per_actor, gpus_per_actor: the Ray actor pool (each actor builds the model once).
         workers: DataLoader worker processes of the in-process path.
         chunk: rows per part file.
-        max_file_mb: files larger than this (MiB) get an error row and are not read.
+        max_file_mb: files larger than this (MiB) get an error row; at most this much of one is read.
         progress: a tqdm bar on stderr (count, images/s, errors).
 
     Returns:
@@ -315,37 +312,22 @@ def predict_batch(source, out: Union[str, os.PathLike], spec: ModelSpec, topk: i
     Raises:
         FileNotFoundError: SOURCE names nothing (:func:`list_sources`).
         ValueError: bad arguments; ``out`` is a file; ``runner="ray"`` without Ray installed.
+        TypeError: a count or size of the wrong type.
     """
     for name, value in (("topk", topk), ("batch_size", batch_size), ("actors", actors), ("chunk", chunk)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    if not max_file_mb > 0:
-        raise ValueError(f"max_file_mb must be > 0, got {max_file_mb!r}")
+        check_int(name, value, minimum=1)
+    cap = int(check_float("max_file_mb", max_file_mb, low=0, low_open=True) * (1 << 20))
     runner = _ray.resolve_runner(runner, "ray.data", "Ray Data", "batch")
     out = Path(out)
     files = list_sources(source)
     done = _done(out)
     todo = [f for f in files if f not in done]
-    cap = int(max_file_mb * (1 << 20))
     writer = _Writer(out, len(todo), progress)
     t0 = time.perf_counter()
     try:
         if todo:
-            oversized = []
-            readable = []
-            for f in todo:
-                try:
-                    size = os.stat(f).st_size
-                except OSError as e:
-                    oversized.append((f, f"cannot read {f}: {e.strerror or e}"))
-                    continue
-                (oversized.append((f, _too_large(f, size, cap))) if size > cap else readable.append(f))
-            if oversized:
-                writer.write(_table({"path": [f for f, _ in oversized], "top_indices": [[]] * len(oversized),
-                                     "top_labels": [[]] * len(oversized), "top_probs": [[]] * len(oversized),
-                                     "error": [e for _, e in oversized]}))
             run = _run_ray if runner == "ray" else _run_local
-            run(readable, writer, spec, topk, batch_size, chunk, address=address, actors=actors,
+            run(todo, writer, spec, topk, batch_size, chunk, address=address, actors=actors,
                 cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor, workers=workers, cap=cap)
     finally:
         writer.close()

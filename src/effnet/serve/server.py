@@ -41,6 +41,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from .._validate import check_float, check_int
 from ..data import ImageDecodeError, decode_image
 from .classifier import Classifier
 
@@ -86,14 +87,11 @@ class ServeConfig:
     decode_threads: int = 2
 
     def __post_init__(self) -> None:
+        """Raises: TypeError, ValueError: a field of the wrong type or out of range (named)."""
         for name in ("max_batch", "max_files", "decode_threads"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-        if not self.batch_timeout_ms >= 0:
-            raise ValueError(f"batch_timeout_ms must be >= 0, got {self.batch_timeout_ms!r}")
-        if not self.max_upload_mb > 0:
-            raise ValueError(f"max_upload_mb must be > 0, got {self.max_upload_mb!r}")
+            check_int(name, getattr(self, name), minimum=1)
+        check_float("batch_timeout_ms", self.batch_timeout_ms, low=0)
+        check_float("max_upload_mb", self.max_upload_mb, low=0, low_open=True)
 
 
 class _Item:
@@ -146,6 +144,10 @@ class DynamicBatcher:
         self._queue.append(_Item(x, future))
         self._wake()
         return await future
+
+    async def on_engine_thread(self, fn: Callable, *args):
+        """``fn(*args)`` on the engine's thread, between batches (e.g. the app's eager CAM)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def _wake(self) -> None:
         if self._arrived is not None:
@@ -486,7 +488,7 @@ def create_app(classifier: Classifier, config: ServeConfig = ServeConfig(), app:
                     decode_pool, lambda: decode_image(data, name, min_size=classifier.transform.decode_size))
             except ImageDecodeError as e:
                 raise HTTPException(422, str(e)) from e
-            result = await loop.run_in_executor(batcher._executor, classifier.explain, image, topk)
+            result = await batcher.on_engine_thread(classifier.explain, image, topk)
             return payload(t0, **result)
 
     return api
