@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import json
 import random
-import re
 import statistics
 import sys
 import time
@@ -133,8 +132,9 @@ async def load(port: int, concurrency: int, requests: int, seconds: float, bodie
 
 
 def _metric(url: str, name: str) -> float:
-    text = urllib.request.urlopen(url + "/metrics").read().decode()
-    return sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+    from conftest import prometheus_sum
+
+    return prometheus_sum(urllib.request.urlopen(url + "/metrics").read().decode(), name)
 
 
 def main() -> None:
@@ -144,6 +144,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0, help="time per concurrency level (at most)")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
+    levels = [int(x) for x in args.concurrency.split(",")]
+    if not {1, 16} <= set(levels):
+        ap.error("--concurrency must include 1 and 16: the targets compare them")
     photos = _photos()
     bare = bare_engine(photos)
     print(f"bare onnx engine, batch 1: {bare['engine_ms']:.2f} ms; decode + preprocess: {bare['decode_ms']:.2f} ms; "
@@ -159,7 +162,7 @@ def main() -> None:
     with server as url:
         port = int(url.rsplit(":", 1)[1])
         asyncio.run(load(port, 4, 40, 10, good))                         # warm-up: connections, shapes
-        for c in (int(x) for x in args.concurrency.split(",")):
+        for c in levels:
             b0, n0 = _metric(url, "effnet_batch_size_sum"), _metric(url, "effnet_batch_size_count")
             r = asyncio.run(load(port, c, args.requests if c > 1 else args.requests // 2, args.seconds, good))
             r["mean_batch"] = (_metric(url, "effnet_batch_size_sum") - b0) / max(

@@ -165,3 +165,10 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def prometheus_sum(text: str, name: str) -> float:
+    """Sum of a Prometheus metric's samples over all label sets, in ``/metrics`` text."""
+    import re
+
+    return sum(float(m.group(1)) for m in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M))

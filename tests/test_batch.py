@@ -41,7 +41,7 @@ def folder(data, tmp_path):
     return d
 
 
-def test_rows_errors_and_resume(folder, tmp_path, capsys):
+def test_rows_errors_and_resume(folder, data, tmp_path, capsys):
     out = tmp_path / "results.parquet"
     assert main(["predict-batch", str(folder), "--out", str(out), *MODEL, "--runner", "local", "--json", "-q",
                  "--topk", "5", "--workers", "1"]) == 0
@@ -71,7 +71,7 @@ def test_rows_errors_and_resume(folder, tmp_path, capsys):
     assert main(["predict-batch", str(folder), "--out", str(out), *MODEL, "--runner", "local", "--json", "-q"]) == 0
     again = json.loads(capsys.readouterr().out)
     assert (again["images"], again["skipped"]) == (0, 9) and sorted(out.iterdir()) == parts
-    extra = labelled(__import__("effnet").data.data_dir(), 7)[6][0]
+    extra = labelled(data, 7)[6][0]
     shutil.copy(extra, folder / extra.name)
     assert main(["predict-batch", str(folder), "--out", str(out), *MODEL, "--runner", "local", "--json", "-q"]) == 0
     third = json.loads(capsys.readouterr().out)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
-import re
 import struct
 import threading
 import zlib
@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 import effnet
-from conftest import ServerProcess
+from conftest import ServerProcess, prometheus_sum as metric
 from effnet.cli import main
 
 MODEL = ["--model", "tf_efficientnet_lite0", "--pretrained"]
@@ -31,11 +31,6 @@ def server():
 
 def photo(data, name: str = PHOTOS[0]):
     return data / "imagenet-samples" / "images" / name
-
-
-def metric(text: str, name: str) -> float:
-    """Sum of a Prometheus metric's samples (all label sets) in ``/metrics`` text."""
-    return sum(float(m.group(1)) for m in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M))
 
 
 def test_predict_matches_effnet_predict(server, data, capsys):
@@ -177,7 +172,7 @@ def test_app_page_and_explain(data):
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["topk"][0]["label"].startswith("goldfish") and len(body["topk"]) == 5
-        png = Image.open(io.BytesIO(__import__("base64").b64decode(body["cam_png"].split(",", 1)[1])))
+        png = Image.open(io.BytesIO(base64.b64decode(body["cam_png"].split(",", 1)[1])))
         assert png.size == (224, 224) and png.mode == "RGB"
         bad = httpx.post(url + "/explain", files={"file": ("x.jpg", b"nope", "image/jpeg")}, timeout=60)
         assert bad.status_code == 422 and "not an image" in bad.json()["error"]
