@@ -231,8 +231,11 @@ def _cmd_predict_batch(args: argparse.Namespace) -> int:
     from .registry import ModelChoiceError
     from .serve.batch import ModelSpec, predict_batch
 
-    if args.engine in ("onnx-int8", "openvino-int8"):
-        raise SystemExit("error: predict-batch runs fp32 engines (eager, channels_last, compile, onnx, openvino)")
+    from .deploy import INT8_ENGINES
+
+    if args.engine in INT8_ENGINES:
+        raise SystemExit("error: predict-batch runs fp32 engines (eager, channels_last, compile, onnx, openvino, "
+                         "tflite, executorch)")
     try:
         spec = ModelSpec(args.model, args.weights, args.pretrained, args.engine, args.threads)
     except ModelChoiceError as e:
@@ -425,12 +428,38 @@ def _cmd_export(args: argparse.Namespace) -> int:
         deploy.export_torchscript(model, out)
     elif args.format == "onnx":
         deploy.export_onnx(model, out, input_size=size)
+    elif args.format in deploy.MOBILE_FORMATS:
+        return _export_mobile(args, model, out, size)
     else:
         calibration = deploy.calibration_batches(model, args.calibration, size=size)
         with tempfile.TemporaryDirectory(prefix="effnet-export-") as d:      # the fp32 step is not kept
             fp32 = deploy.export_onnx(model, Path(d) / "fp32.onnx", input_size=size)
             deploy.quantize_onnx_int8(fp32, out, calibration)
     print(f"wrote {out} ({out.stat().st_size / 2 ** 20:.1f} MB, {args.format}, input 1x{model.in_chans}x{size}x{size})")
+    return 0
+
+
+def _export_mobile(args: argparse.Namespace, model, out: Path, size: int) -> int:
+    """effnet export --format tflite|tflite-int8|executorch|executorch-int8: verified on real photos when there are some."""
+    from . import deploy
+
+    int8 = args.format.endswith("-int8")
+    try:
+        photos = deploy.calibration_batches(model, args.calibration, n=64 if int8 else 8, size=size)
+    except ValueError as e:
+        if int8:
+            raise
+        photos = None
+        print(f"note: verifying on random input ({e})", file=sys.stderr)
+    r = deploy.export_mobile(model, out, args.format, input_size=size, calibration=photos if int8 else None,
+                             images=photos)
+    v = r["verification"]
+    check = (f"top-1 agrees with fp32 eager on {v['top1_agreement']:.1%} of {v['images']} photos"
+             if int8 else f"max |diff| to eager {v['max_abs_diff']:.2g} (logits up to {v['logit_scale']:.3g})"
+             + (f" on {v['images']} photos" if photos is not None else " on random input"))
+    inp = r["input"]
+    print(f"wrote {out} ({r['bytes'] / 2 ** 20:.1f} MB, {args.format}, input {inp['layout']} "
+          f"{'x'.join(map(str, inp['shape']))} {inp['dtype']}; {check}); metadata in {deploy.mobile.metadata_path(out)}")
     return 0
 
 
@@ -800,8 +829,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=POSITIVE, default=32)
     p.add_argument("--json", action="store_true", help="print results as JSON")
     p.add_argument("--engine", default="eager",
-                   help="eager, channels_last, compile, onnx, openvino, onnx-int8 or openvino-int8; "
-                        "the INT8 ones calibrate on --calibration")
+                   help="eager, channels_last, compile, onnx, openvino, onnx-int8, openvino-int8, tflite, "
+                        "tflite-int8, executorch or executorch-int8; the INT8 ones calibrate on --calibration")
     p.add_argument("--calibration", default=None, help="image folder for INT8 calibration (default: ImageNet samples)")
     p.add_argument("-v", "--verbose", action="store_true", help="print batch shapes")
     p.set_defaults(func=_cmd_predict)
@@ -944,9 +973,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_pseudo_label)
 
-    p = sub.add_parser("export", help="export to ONNX (verified), INT8 ONNX or TorchScript")
+    p = sub.add_parser("export", help="export to ONNX (verified), INT8 ONNX, TorchScript, or for phones: "
+                                      "LiteRT (TFLite) and ExecuTorch, fp32 and INT8 (verified)")
     _add_model_args(p)
-    p.add_argument("--format", choices=["onnx", "onnx-int8", "torchscript"], default="onnx")
+    p.add_argument("--format", choices=["onnx", "onnx-int8", "torchscript", "tflite", "tflite-int8", "executorch",
+                                        "executorch-int8"], default="onnx",
+                   help="the mobile formats need pip install 'effnet[mobile]'; their layout and preprocessing "
+                        "are in <out>.json")
     p.add_argument("--out", required=True)
     p.add_argument("--resolution", type=POSITIVE, default=None, help="input side in pixels (default: the model's)")
     p.add_argument("--calibration", default=None, help="image folder for INT8 calibration (default: ImageNet samples)")
@@ -955,7 +988,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="latency, throughput, memory and GFLOP/s per inference engine")
     _add_model_args(p)
     p.add_argument("--engines", default="eager,channels_last,onnx",
-                   help="comma list of eager, channels_last, compile, onnx, openvino, onnx-int8, openvino-int8")
+                   help="comma list of eager, channels_last, compile, onnx, openvino, onnx-int8, openvino-int8, "
+                        "tflite, tflite-int8, executorch, executorch-int8")
     p.add_argument("--batch-sizes", default="1,32")
     p.add_argument("--resolution", type=POSITIVE, default=None)
     p.add_argument("--iters", type=POSITIVE, default=10)

@@ -241,7 +241,7 @@ class ConvNet(nn.Module):
 
         With ``pre_logits`` returns the pooled features (N, num_features) instead.
         """
-        x = x.mean((2, 3))
+        x = x.mean((2, 3), keepdim=True).flatten(1)      # keepdim: XNNPACK delegates a 4-D global mean only
         if pre_logits:
             return x
         return self.classifier(self.dropout(x))

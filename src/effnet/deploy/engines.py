@@ -21,14 +21,16 @@ import torch
 from torch import nn
 
 from . import export as _export
+from . import mobile as _mobile
 from .quantize import quantize_onnx_int8
 
 __all__ = ["ENGINES", "INT8_ENGINES", "build_engine", "onnx_session", "OnnxModel", "OpenVinoModel",
            "run_in_micro_batches", "MICRO_BATCH"]
 
 
-ENGINES = ("eager", "channels_last", "compile", "onnx", "openvino", "onnx-int8", "openvino-int8")
-INT8_ENGINES = ("onnx-int8", "openvino-int8")
+ENGINES = ("eager", "channels_last", "compile", "onnx", "openvino", "onnx-int8", "openvino-int8",
+           "tflite", "tflite-int8", "executorch", "executorch-int8")
+INT8_ENGINES = ("onnx-int8", "openvino-int8", "tflite-int8", "executorch-int8")
 
 
 def onnx_session(path: Union[str, os.PathLike], threads: Optional[int] = None, optimization: str = "blocked",
@@ -237,15 +239,30 @@ def build_engine(model: nn.Module, engine: str, resolution: int, calibration=Non
     - ``onnx-int8`` / ``openvino-int8``: the ONNX file statically quantized to INT8, calibrated
       on ``calibration`` (a list of preprocessed float32 (N, C, H, W) batches of real images),
       run in onnxruntime / OpenVINO.
+    - ``tflite`` / ``tflite-int8`` / ``executorch`` / ``executorch-int8``: the mobile programs of
+      :mod:`effnet.deploy.mobile` (batch 1, XNNPACK; INT8 calibrated on ``calibration``),
+      verified on the calibration images, run in LiteRT / ExecuTorch one image at a time
+      (needs ``pip install 'effnet[mobile]'``).
 
     ONNX engines use ``torch.get_num_threads()`` threads; ``spinning=False`` stops onnxruntime's
     threads busy-waiting between calls (:func:`onnx_session`; for a server sharing its cores).
 
     Raises:
         ValueError: an unknown engine, or an INT8 engine without calibration batches.
-        ImportError: ``openvino*`` without OpenVINO installed.
+        ImportError: ``openvino*`` without OpenVINO installed, the mobile engines without the mobile extra.
     """
     model = model.eval()
+    if engine in _mobile.MOBILE_FORMATS:
+        if engine in INT8_ENGINES and not calibration:
+            raise ValueError(f"{engine} needs calibration batches (preprocessed real images)")
+        _mobile.check_mobile_available(engine)
+        tmp = None if workdir else tempfile.TemporaryDirectory(prefix="effnet-mobile-")
+        path = Path(workdir or tmp.name) / ("model.tflite" if engine.startswith("tflite") else "model.pte")
+        _mobile.export_mobile(model, path, engine, input_size=resolution, calibration=calibration,
+                              images=calibration[:2] if calibration else None)
+        runner = (_mobile.TFLiteModel if engine.startswith("tflite") else _mobile.ExecuTorchModel)(
+            path, threads=torch.get_num_threads())
+        return lambda x, _keep=tmp: torch.from_numpy(runner(x))
     if engine == "eager":
         return lambda x: model(x)
     if engine == "channels_last":
