@@ -9,11 +9,11 @@ export EFFNET_DATA
 
 # torch goes in first and pinned: the local CPU wheel. A bare `pip install torch` (or a
 # dependency resolving it) would pull gigabytes of CUDA packages.
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test]' -c constraints.txt
 	touch $@
 
 install: $(VENV)/.installed
