@@ -58,10 +58,8 @@ def export_all(model, calibration, folder: Path) -> dict:
 
 def runner(fmt: str, path: Path, threads: int):
     """``f(x Tensor (N, C, H, W)) -> Tensor logits`` for an exported file."""
-    if fmt.startswith("tflite"):
-        r = mobile.TFLiteModel(path, threads=threads)
-    elif fmt.startswith("executorch"):
-        r = mobile.ExecuTorchModel(path, threads=threads)
+    if fmt in mobile.MOBILE_FORMATS:
+        r = mobile.runtime_model(fmt, path, threads)
     else:
         r = deploy.OnnxModel(path, threads=threads, micro_batch=1)
     return lambda x: torch.from_numpy(r(x))

@@ -21,7 +21,6 @@ import torch
 from torch import nn
 
 from . import export as _export
-from . import mobile as _mobile
 from .quantize import quantize_onnx_int8
 
 __all__ = ["ENGINES", "INT8_ENGINES", "build_engine", "onnx_session", "OnnxModel", "OpenVinoModel",
@@ -251,6 +250,8 @@ def build_engine(model: nn.Module, engine: str, resolution: int, calibration=Non
         ValueError: an unknown engine, or an INT8 engine without calibration batches.
         ImportError: ``openvino*`` without OpenVINO installed, the mobile engines without the mobile extra.
     """
+    from . import mobile as _mobile         # here: mobile builds on this module's batch helpers
+
     model = model.eval()
     if engine in _mobile.MOBILE_FORMATS:
         if engine in INT8_ENGINES and not calibration:
@@ -260,8 +261,7 @@ def build_engine(model: nn.Module, engine: str, resolution: int, calibration=Non
         path = Path(workdir or tmp.name) / ("model.tflite" if engine.startswith("tflite") else "model.pte")
         _mobile.export_mobile(model, path, engine, input_size=resolution, calibration=calibration,
                               images=calibration[:2] if calibration else None)
-        runner = (_mobile.TFLiteModel if engine.startswith("tflite") else _mobile.ExecuTorchModel)(
-            path, threads=torch.get_num_threads())
+        runner = _mobile.runtime_model(engine, path, threads=torch.get_num_threads())
         return lambda x, _keep=tmp: torch.from_numpy(runner(x))
     if engine == "eager":
         return lambda x: model(x)

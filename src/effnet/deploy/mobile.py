@@ -38,17 +38,18 @@ import os
 import re
 import traceback
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Union
+from typing import Callable, Iterable, List, Optional, Union
 
 import numpy as np
 import torch
 from torch import nn
 
 from .._io import atomic_write, make_parent
+from .engines import _as_batch, run_in_micro_batches
 from .export import ExportError, fold_bn
 
 __all__ = ["MOBILE_FORMATS", "export_mobile", "export_tflite", "export_executorch", "TFLiteModel",
-           "ExecuTorchModel", "tflite_summary", "metadata_path", "check_mobile_available"]
+           "ExecuTorchModel", "runtime_model", "tflite_summary", "metadata_path", "check_mobile_available"]
 
 MOBILE_FORMATS = ("tflite", "tflite-int8", "executorch", "executorch-int8")
 """The mobile formats of ``effnet export --format`` and engines of ``effnet predict/bench --engine``."""
@@ -88,15 +89,6 @@ def _check_size(path: Union[str, os.PathLike], what: str) -> Path:
         raise ValueError(f"{path} is {mb:.0f} MiB, over the {MAX_PROGRAM_MB} MiB cap for a {what} program; "
                          "is it the right file?")
     return path
-
-
-def _as_nchw(x: Union[np.ndarray, torch.Tensor]) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if x.ndim != 4:
-        raise ValueError(f"expected a (N, C, H, W) batch of images, got shape {x.shape}")
-    return x
 
 
 class TFLiteModel:
@@ -147,17 +139,14 @@ class TFLiteModel:
         scale, zero = self.output["quantization"]
         return (y.astype(np.float32) - zero) * scale
 
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        self.interpreter.set_tensor(self.input["index"], np.ascontiguousarray(self._quantize(x)))
+        self.interpreter.invoke()
+        return self._dequantize(self.interpreter.get_tensor(self.output["index"]))
+
     def __call__(self, x: Union[np.ndarray, torch.Tensor]) -> np.ndarray:
-        x = _as_nchw(x)
-        if self.nhwc:
-            x = x.transpose(0, 2, 3, 1)
-        outs = []
-        step = self.batch if self.batch > 0 else len(x)
-        for i in range(0, len(x), step):
-            self.interpreter.set_tensor(self.input["index"], np.ascontiguousarray(self._quantize(x[i:i + step])))
-            self.interpreter.invoke()
-            outs.append(self._dequantize(self.interpreter.get_tensor(self.output["index"])))
-        return np.concatenate(outs)
+        x = _as_batch(x)
+        return run_in_micro_batches(self._run, x.transpose(0, 2, 3, 1) if self.nhwc else x, self.batch)
 
 
 class ExecuTorchModel:
@@ -191,41 +180,46 @@ class ExecuTorchModel:
         meta = self.method.metadata.input_tensor_meta(0)
         self.batch = int(meta.sizes()[0])
 
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        return self.method.execute([torch.from_numpy(x)])[0].numpy().copy()
+
     def __call__(self, x: Union[np.ndarray, torch.Tensor]) -> np.ndarray:
-        x = torch.from_numpy(_as_nchw(x))
-        step = self.batch or len(x)
-        return np.concatenate([self.method.execute([x[i:i + step].contiguous()])[0].numpy().copy()
-                               for i in range(0, len(x), step)])
+        return run_in_micro_batches(self._run, _as_batch(x), self.batch)
 
 
-def _layer_names(model: nn.Module) -> Dict[int, str]:
-    return {id(m): name or type(m).__name__ for name, m in model.named_modules()}
+def runtime_model(fmt: str, path: Union[str, os.PathLike], threads: Optional[int] = None):
+    """The runner of a file of format ``fmt`` (one of :data:`MOBILE_FORMATS`): :class:`TFLiteModel` or
+    :class:`ExecuTorchModel`, with the errors they raise."""
+    return (TFLiteModel if fmt.startswith("tflite") else ExecuTorchModel)(path, threads)
 
 
-def _failing_layer(model: nn.Module, exc: BaseException, nodes: Iterable = ()) -> Optional[str]:
-    """The model's layer where a conversion failed, as ``'blocks.3.se (SqueezeExcite)'``, or None.
+def _cause_chain(exc: BaseException) -> List[BaseException]:
+    """``exc`` and what it was raised from (``__cause__``), outermost first."""
+    chain: List[BaseException] = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__
+    return chain
 
-    Three places say it: the traceback (``torch.export`` runs the modules' Python
-    ``forward``: the deepest frame whose ``self`` is one of the model's modules), an
-    exported node named in the message (``While executing %name``: its ``nn_module_stack``),
-    or the nodes passed in (operators a runtime lacks).
-    """
-    names = _layer_names(model)
-    modules = {id(m): m for m in model.modules()}
-    chain, e = [], exc
-    while e is not None and e not in chain:         # the error and what it was raised from, innermost last
-        chain.append(e)
-        e = e.__cause__
-    for e in reversed(chain):
+
+def _layer_in_traceback(model: nn.Module, exc: BaseException) -> Optional[str]:
+    """The deepest ``forward`` frame of one of ``model``'s modules in ``exc``'s traceback (or what
+    it was raised from), as ``'stages.3.0.se (SqueezeExcite)'``: ``torch.export`` runs the modules'
+    Python ``forward``, so a layer it cannot trace is on the stack."""
+    names = {id(m): name or type(m).__name__ for name, m in model.named_modules()}
+    for e in reversed(_cause_chain(exc)):          # innermost first
         found = None
         for frame, _ in traceback.walk_tb(e.__traceback__):
             owner = frame.f_locals.get("self")
-            if owner is not None and frame.f_code.co_name == "forward" and id(owner) in modules:
+            if owner is not None and frame.f_code.co_name == "forward" and id(owner) in names:
                 found = f"{names[id(owner)]} ({type(owner).__name__})"
         if found:
             return found
-    match = re.search(r"While executing %(\w+)", " ".join(str(e) for e in chain))
-    wanted = {match.group(1)} if match else set()
+    return None
+
+
+def _layer_of_nodes(nodes: Iterable, wanted: Optional[set] = None) -> Optional[str]:
+    """The layer of the first exported node (named in ``wanted``, if given), from its ``nn_module_stack``."""
     for node in nodes:
         if not wanted or node.name in wanted:
             stack = node.meta.get("nn_module_stack") or {}
@@ -234,6 +228,16 @@ def _failing_layer(model: nn.Module, exc: BaseException, nodes: Iterable = ()) -
                 kind = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
                 return f"{path or 'model'} ({kind.rsplit('.', 1)[-1]})"
     return None
+
+
+def _failing_layer(model: nn.Module, exc: BaseException, nodes: Iterable = ()) -> Optional[str]:
+    """The model's layer where a conversion failed, or None: from the traceback, else from the
+    exported node the message names (``While executing %name``)."""
+    found = _layer_in_traceback(model, exc)
+    if found:
+        return found
+    match = re.search(r"While executing %(\w+)", " ".join(str(e) for e in _cause_chain(exc)))
+    return _layer_of_nodes(nodes, {match.group(1)} if match else None)
 
 
 def _conversion_error(fmt: str, model: nn.Module, exc: BaseException, nodes: Iterable = ()) -> ExportError:
@@ -482,7 +486,7 @@ def _check_operators(fmt: str, model: nn.Module, program, edge) -> None:
         return
     nodes = [n for n in edge.exported_program().graph.nodes
              if n.op == "call_function" and any(m.split("::")[-1].split(".")[0] in str(n.target) for m in missing)]
-    layer = _failing_layer(model, RuntimeError(""), nodes)
+    layer = _layer_of_nodes(nodes)
     where = f"layer {layer}" if layer else "a layer that could not be located"
     raise ExportError(f"{fmt}: cannot convert {where}: the ExecuTorch runtime has no kernel for "
                       f"{', '.join(missing)} (not delegated to XNNPACK either)")
@@ -518,7 +522,7 @@ def _export(fmt: str, model: nn.Module, path, input_size, calibration, images, a
 
     def write(tmp: str) -> None:
         convert(tmp)
-        runner = TFLiteModel(tmp, threads=1) if fmt.startswith("tflite") else ExecuTorchModel(tmp)
+        runner = runtime_model(fmt, tmp, threads=1)
         report.update(_verify(fmt, runner, reference, check, int8, atol, min_agreement))
         if fmt.startswith("tflite"):
             report["io"] = {k: _tensor_info(d) for k, d in (("input", runner.input), ("output", runner.output))}
