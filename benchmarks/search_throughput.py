@@ -7,7 +7,7 @@ trials: ``--trials`` candidates of the default grid at phi = 1, trained for ``--
 ``--data``. Wall time counts everything a user waits for, Ray's start-up included.
 
     python benchmarks/search_throughput.py --data ../shared/data/proxy/flowers12 \\
-        [--model efficientnet_b0] [--trials 4] [--epochs 2] [--image-size 64]
+        [--model efficientnet_b0] [--trials 8] [--epochs 5] [--image-size 64]
 """
 
 from __future__ import annotations
@@ -42,14 +42,14 @@ def main() -> None:
             wall = time.perf_counter() - start
             done = sum(row["status"] == "done" for row in r.rows)
             rows.append((label, cpus, done, wall, done / wall * 3600,
-                         {row["trial"]: row["top1"] for row in r.rows}))
+                         {row["trial"]: (row["top1"], row["seconds"]) for row in r.rows}))
     print(f"{args.model}, {args.trials} trials x {args.epochs} epoch(s) at {args.image_size} px base, "
           f"batch {args.batch_size}, {cores} cores\n")
     print("| runner | CPUs per trial | trials done | wall (s) | trials/hour | x |")
     print("|---|---:|---:|---:|---:|---:|")
     for label, cpus, done, wall, per_hour, _ in rows:
         print(f"| {label} | {cpus} | {done} | {wall:.0f} | {per_hour:.1f} | {per_hour / rows[0][4]:.2f} |")
-    print("\nval top-1 per trial (in process / Ray):")
+    print("\nval top-1 and seconds per trial (in process / Ray):")
     for name in rows[0][5]:
         print(f"  {name}: {rows[0][5][name]} / {rows[1][5].get(name)}")
 

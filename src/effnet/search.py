@@ -303,7 +303,9 @@ def _run_ray(trials: list[Trial], settings: TrialSettings, out: Path, address: O
         space = {"trial": tune.grid_search([dataclasses.asdict(t) for t in trials]),
                  "settings": dataclasses.asdict(settings), "out": str(out), "threads": cpus_per_trial}
         tuner = tune.Tuner(trainable, param_space=space,
-                           tune_config=tune.TuneConfig(reuse_actors=False,
+                           # reuse_actors: one worker process per slot for the whole
+                           # study (torch and effnet imported once per slot, not per trial)
+                           tune_config=tune.TuneConfig(reuse_actors=True,
                                                        time_budget_s=time_budget_s),
                            run_config=tune.RunConfig(storage_path=str(out / "ray"), name="trials", verbose=0))
         tuner.fit()
@@ -356,6 +358,11 @@ def run_trials(trials: Sequence[Trial], settings: TrialSettings, out: Union[str,
     log(f"{networks - len(pending)} of {networks} networks already trained; training {len(pending)} "
         f"({runner}, {cpus_per_trial} CPU(s) per trial)")
     if pending and runner == "ray":
+        # Longest first (LPT): a trial costs about its MACs per image (same images, epochs
+        # and batch for all), and starting the big ones first leaves the short ones to
+        # fill the slots at the end, instead of one long trial running alone on one core.
+        num_classes = len(check_data(settings.data))
+        pending.sort(key=lambda t: trial_macs(settings.model, t, num_classes), reverse=True)
         _run_ray(pending, settings, out, address, cpus_per_trial, gpus_per_trial, time_budget_s)
     fresh = {}
     start = time.perf_counter()
