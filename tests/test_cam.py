@@ -153,10 +153,10 @@ def test_cli_cam_several_models_one_grid(data, tmp_path, capsys):
     broken.write_bytes(b"\xff\xd8\xff garbage")
     image = data / "imagenet-samples" / "images" / PHOTOS[0]
     argv = ["cam", str(image), str(broken), "--models", f"mobilenetv2_100,{folder}", "--out", str(tmp_path / "o"),
-            "--figure", str(tmp_path / "fig7.png"), "--topk", "3"]
+            "--figure", str(tmp_path / "fig7.png"), "--topk", "3", "--labels", "baseline,fine-tuned"]
     assert main(argv) == 0
     captured = capsys.readouterr()
-    assert "goldfish.JPEG: mobilenetv2_100:" in captured.out and "goldfish.JPEG: trained:" in captured.out
+    assert "goldfish.JPEG: baseline:" in captured.out and "goldfish.JPEG: fine-tuned:" in captured.out
     assert "random weights" in captured.err and "skipped: cannot decode image" in captured.err
     assert _opens(tmp_path / "o" / "n01443537_goldfish.png")
     w, h = _opens(tmp_path / "fig7.png")
@@ -168,6 +168,9 @@ def test_cli_cam_several_models_one_grid(data, tmp_path, capsys):
     (["--model", "efficientnet_b0", "--models", "efficientnet_b0,resnet50"], "not both"),
     (["--models", "efficientnet_b0", "--weights", "w.pth"], "--weights names one model's file"),
     (["--models", " , "], "comma list"),
+    (["--models", "efficientnet_b0,resnet50", "--labels", "baseline"], "1 name(s) for 2 model(s)"),
+    (["--models", "efficientnet_b0", "--labels", " "], "non-empty"),
+    (["--model", "efficientnet_b0", "--labels", "baseline"], "titles the --models columns"),
 ])
 def test_cli_cam_bad_model_arguments(data, tmp_path, args, message):
     image = data / "imagenet-samples" / "images" / PHOTOS[0]

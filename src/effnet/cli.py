@@ -520,6 +520,8 @@ def _cam_models(args: argparse.Namespace) -> list:
     from .weights import CONFIG_NAME
 
     if not args.models:
+        if args.labels is not None:
+            raise SystemExit("error: --labels titles the --models columns; give --models a,b,c with it")
         model = _build_model(args)
         return [(_model_label(model, args.model or str(args.weights)), model)]
     if args.model:
@@ -543,6 +545,12 @@ def _cam_models(args: argparse.Namespace) -> list:
             model = _build_model(argparse.Namespace(model=item, weights=None, pretrained=args.pretrained))
             label = _model_label(model, item)
         out.append((label, model))
+    if args.labels is not None:
+        labels = [s.strip() for s in args.labels.split(",")]
+        if len(labels) != len(out) or not all(labels):
+            raise SystemExit(f"error: --labels gives {len(labels)} name(s) for {len(out)} model(s) in --models; give "
+                             f"one non-empty name per model, in the same order")
+        out = [(label, model) for label, (_, model) in zip(labels, out)]
     return out
 
 
@@ -1006,6 +1014,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default=None,
                    help="comma list of model names (with --pretrained when given) or effnet folders: a column per "
                         "model in the grid, like paper Fig. 7 (baseline, deeper, wider, higher resolution, compound)")
+    p.add_argument("--labels", default=None,
+                   help="comma list of column titles, one per --models entry (e.g. baseline,deeper,wider,"
+                        "resolution,compound; default: the model's name or folder)")
     p.add_argument("--out", required=True, help="folder for <image>.png (photo, CAM overlay, top-k per model)")
     p.add_argument("--figure", default=None,
                    help="the grid of all images and models (default OUT/cam_grid.png, written for >1 image or model)")
