@@ -161,6 +161,20 @@ def test_search_on_ray_tune(proxy, tmp_path):
     assert (out / "ray" / "trials").is_dir()                            # Ray Tune's own experiment folder
 
 
+def test_ray_starts_the_costliest_trials_first(proxy, tmp_path, monkeypatch):
+    """Longest-processing-time first: Ray gets the pending trials in decreasing MACs, and the
+    rows still come back in the order asked."""
+    seen = []
+    monkeypatch.setattr(S, "_run_ray", lambda trials, *a, **k: seen.extend(trials))
+    trials = S.sweep_trials("efficientnet_b0", 32, dims=("width", "resolution"),
+                            values={"width": [1.0, 1.8], "resolution": [1.0, 2.0]})
+    settings = S.TrialSettings(model="efficientnet_b0", data=str(proxy), epochs=1, image_size=32)
+    rows, trained = S.run_trials(trials, settings, tmp_path / "s", runner="ray", log=lambda s: None)
+    macs = [S.trial_macs("efficientnet_b0", t, 2) for t in seen]
+    assert len(seen) == trained == 3 and macs == sorted(macs, reverse=True) and len(set(macs)) == 3
+    assert [r["trial"] for r in rows] == [t.name for t in trials]
+
+
 def test_sweep_two_points(proxy, tmp_path):
     out = tmp_path / "sweep"
     r = subprocess.run(EFFNET + ["sweep", "--model", "efficientnet_b0", "--data", str(proxy), "--out", str(out),
