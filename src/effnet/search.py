@@ -357,11 +357,11 @@ def run_trials(trials: Sequence[Trial], settings: TrialSettings, out: Union[str,
     networks = len({t.name for t in trials})
     log(f"{networks - len(pending)} of {networks} networks already trained; training {len(pending)} "
         f"({runner}, {cpus_per_trial} CPU(s) per trial)")
+    num_classes = len(check_data(settings.data))
     if pending and runner == "ray":
         # Longest first (LPT): a trial costs about its MACs per image (same images, epochs
         # and batch for all), and starting the big ones first leaves the short ones to
         # fill the slots at the end, instead of one long trial running alone on one core.
-        num_classes = len(check_data(settings.data))
         pending.sort(key=lambda t: trial_macs(settings.model, t, num_classes), reverse=True)
         _run_ray(pending, settings, out, address, cpus_per_trial, gpus_per_trial, time_budget_s)
     fresh = {}
@@ -372,7 +372,6 @@ def run_trials(trials: Sequence[Trial], settings: TrialSettings, out: Union[str,
         fresh[t.name] = row = run_trial(t, settings, out, cpus_per_trial)
         log(f"  {t.name}: top-1 {row['top1']}, {row['status']}, {row['seconds']:.0f} s")
     rows = []
-    num_classes = len(check_data(settings.data))
     for t in trials:
         row, done = _row(t, settings, num_classes), out / "trials" / t.name / RESULT_FILE
         if done.is_file():
