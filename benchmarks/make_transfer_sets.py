@@ -23,6 +23,8 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+from effnet._io import atomic_write
+
 LEMURS = {"n0": "blue_eyed_black_lemur", "n1": "indri", "n2": "madame_berthes_mouse_lemur",
           "n3": "northern_sportive_lemur", "n4": "red_ruffed_lemur", "n5": "silky_sifaka"}
 LEMUR_COMMIT = "86b0659502da9ee8ce23ab2ef058c19451f68260"
@@ -37,7 +39,7 @@ def _members(git_dir: str, commit: str, *paths: str) -> tarfile.TarFile:
 
 def _write(tar: tarfile.TarFile, member: tarfile.TarInfo, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / Path(member.name).name).write_bytes(tar.extractfile(member).read())
+    atomic_write(folder / Path(member.name).name, tar.extractfile(member).read())
 
 
 def lemur6(git_dir: str, out: Path) -> None:
