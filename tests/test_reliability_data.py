@@ -236,6 +236,59 @@ def test_ordinary_photos_keep_the_exact_path_and_the_box_path_is_close(data, mon
         assert d.mean() < 1.0 and d.max() <= 32, name               # same geometry, other pass order
 
 
+def test_split_pass_resize_is_bit_identical_on_every_shared_photo(data):
+    """The two resampling passes run apart (rows the crop reads, columns it keeps), alone or
+    split over a second thread, give Pillow's resize-then-crop pixels on all 304 photos."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    files = sorted((data / "imagenet-samples" / "images").iterdir())
+    assert len(files) == 304
+    with ThreadPoolExecutor(1) as pool:
+        for path in files:
+            img = load_image(path)
+            exact = rgb(center_crop(resize_shorter_side(img, 256, "bicubic"), 224))
+            assert (rgb(resize_center_crop(img, 256, 224)) == exact).all(), path.name
+            assert (rgb(resize_center_crop(img, 256, 224, executor=pool)) == exact).all(), path.name
+
+
+@pytest.mark.parametrize("interpolation", sorted(D._FILTER_SUPPORT))
+def test_split_pass_resize_matches_pillow_for_every_filter_size_and_mode(interpolation):
+    """Noise (every edge sharp) through each two-pass filter, L and RGB, down- and upscaling,
+    portrait, landscape, a side already at the resize size, odd crops: bit-identical."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(0)
+    sizes = [(500, 375), (375, 500), (100, 80), (256, 300), (257, 256), (300, 1200), (2000, 301), (231, 229)]
+    assert D._pillow_pass_order() in ("pillow13", "horizontal")     # else the split path would not be taken
+    if D._pillow_pass_order() == "pillow13":                        # both of Pillow 13's pass orders are covered
+        assert not D._horizontal_first(300, 1200, 256, 1024) and D._horizontal_first(500, 375, 341, 256)
+    with ThreadPoolExecutor(1) as pool:
+        for (w, h) in sizes:
+            for mode, channels in (("RGB", 3), ("L", 1)):
+                pixels = rng.integers(0, 256, (h, w, channels), dtype=np.uint8)
+                img = Image.fromarray(pixels[..., 0] if channels == 1 else pixels, mode)
+                for resize, crop in ((256, 224), (241, 239), (256, 256)):
+                    exact = rgb(center_crop(resize_shorter_side(img, resize, interpolation), crop))
+                    for executor in (None, pool):
+                        got = rgb(resize_center_crop(img, resize, crop, interpolation, executor))
+                        assert got.shape == exact.shape and (got == exact).all(), (w, h, mode, resize, crop, executor)
+
+
+def test_to_tensor_is_torchvision_arithmetic_bit_for_bit():
+    """The lookup table gives ToTensor + Normalize's float32 bits for every value of every channel."""
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, (61, 67, 3), dtype=np.uint8)
+    pixels[0, :, 0] = np.arange(67, dtype=np.uint8)                 # a run of consecutive values
+    for name in ("efficientnet_b0", "tf_efficientnet_lite0"):
+        pre = get_config(name).preprocess
+        x = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().div(255)
+        want = (x - torch.tensor(pre.mean).view(3, 1, 1)) / torch.tensor(pre.std).view(3, 1, 1)
+        got = D.to_tensor(Image.fromarray(pixels), pre.mean, pre.std)
+        assert got.dtype == torch.float32 and got.shape == (3, 61, 67) and torch.equal(got, want), name
+    with pytest.raises(ValueError, match="convert it to RGB"):
+        D.to_tensor(Image.fromarray(pixels[..., 0]), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
 def test_big_jpeg_is_drafted_only_when_asked(tmp_path, data):
     big = photo(data).resize((2048, 1536), Image.Resampling.BICUBIC)
     big.save(tmp_path / "big.jpg", quality=92)
