@@ -189,3 +189,35 @@ def test_decode_image_is_load_image_for_bytes(data, tmp_path):
         with pytest.raises(ImageDecodeError, match=words) as e:
             decode_image(payload, "upload.png")
         assert "upload.png" in str(e.value)
+
+
+def test_a_lone_request_is_resized_on_two_threads_to_the_same_pixels(data):
+    """``split=True`` (what the server does for a request alone on an idle engine) gives the
+    tensor of the one-thread path and of ``effnet predict``'s file path, bit for bit."""
+    import asyncio
+
+    import torch
+
+    from effnet.data import load_transformed
+    from effnet.serve.classifier import Classifier
+    from effnet.serve.server import DynamicBatcher
+
+    classifier = Classifier(effnet.create_model("tf_efficientnet_lite0").eval(), "eager")
+    for name in PHOTOS:
+        f = photo(data, name)
+        want = load_transformed(f, classifier.transform)
+        assert want.shape == (3, 224, 224)
+        assert torch.equal(classifier.preprocess(f.read_bytes(), name, split=True), want)
+        assert torch.equal(classifier.preprocess(f.read_bytes(), name), want)
+
+    async def alone_states():
+        batcher = DynamicBatcher(lambda x: x, 4, 0.005)
+        batcher.expect()
+        states = [batcher.alone()]
+        batcher.expect()                               # a second request arrives: no second core to lend
+        states.append(batcher.alone())
+        batcher.cancel()
+        states.append(batcher.alone())
+        return states
+
+    assert asyncio.run(alone_states()) == [True, False, True]

@@ -10,14 +10,14 @@ the web app and batch inference (:mod:`effnet.serve`) build on them; :mod:`effne
 keeps the measuring.
 """
 
-from .engines import (ENGINES, INT8_ENGINES, MICRO_BATCH, OnnxModel, OpenVinoModel, build_engine, onnx_session,
-                      run_in_micro_batches)
+from .engines import (ENGINES, INT8_ENGINES, MICRO_BATCH, TORCH_ENGINES, OnnxModel, OpenVinoModel, build_engine,
+                      onnx_session, run_in_micro_batches)
 from .export import ExportError, export_onnx, export_torchscript, fold_bn
 from .mobile import (MOBILE_FORMATS, ExecuTorchModel, TFLiteModel, export_executorch, export_mobile, export_tflite,
                      tflite_summary)
 from .quantize import calibration_batches, quantize_onnx_int8
 
-__all__ = ["ENGINES", "INT8_ENGINES", "MICRO_BATCH", "OnnxModel", "OpenVinoModel", "build_engine", "onnx_session",
-           "run_in_micro_batches", "ExportError", "export_onnx", "export_torchscript", "fold_bn",
+__all__ = ["ENGINES", "INT8_ENGINES", "MICRO_BATCH", "TORCH_ENGINES", "OnnxModel", "OpenVinoModel", "build_engine",
+           "onnx_session", "run_in_micro_batches", "ExportError", "export_onnx", "export_torchscript", "fold_bn",
            "calibration_batches", "quantize_onnx_int8", "MOBILE_FORMATS", "ExecuTorchModel", "TFLiteModel",
            "export_executorch", "export_mobile", "export_tflite", "tflite_summary"]

@@ -23,13 +23,15 @@ from torch import nn
 from . import export as _export
 from .quantize import quantize_onnx_int8
 
-__all__ = ["ENGINES", "INT8_ENGINES", "build_engine", "onnx_session", "OnnxModel", "OpenVinoModel",
-           "run_in_micro_batches", "MICRO_BATCH"]
+__all__ = ["ENGINES", "INT8_ENGINES", "TORCH_ENGINES", "build_engine", "onnx_session", "OnnxModel",
+           "OpenVinoModel", "run_in_micro_batches", "MICRO_BATCH"]
 
 
 ENGINES = ("eager", "channels_last", "compile", "onnx", "openvino", "onnx-int8", "openvino-int8",
            "tflite", "tflite-int8", "executorch", "executorch-int8")
 INT8_ENGINES = ("onnx-int8", "openvino-int8", "tflite-int8", "executorch-int8")
+#: Engines that compute on PyTorch's own intra-op threads; the others have their own pools.
+TORCH_ENGINES = ("eager", "channels_last", "compile")
 
 
 def onnx_session(path: Union[str, os.PathLike], threads: Optional[int] = None, optimization: str = "blocked",

@@ -3,13 +3,14 @@ server (:mod:`effnet.serve.server`) and batch inference (:mod:`effnet.serve.batc
 
 import base64
 import io
+from concurrent.futures import ThreadPoolExecutor
 from typing import List, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..data import decode_transformed, eval_transform, model_class_names, to_tensor
+from ..data import decode_image, eval_transform, model_class_names, to_tensor
 
 __all__ = ["Classifier"]
 
@@ -39,16 +40,21 @@ class Classifier:
         self.preprocess_config = model.config.preprocess
         self.transform = eval_transform(model.config)
         self.names = model_class_names(model)
+        self._resize_pool = ThreadPoolExecutor(1, thread_name_prefix="effnet-resize")
         # onnxruntime threads sleep between calls: the same cores decode uploads and parse HTTP
         self._run = build_engine(model, engine, self.preprocess_config.input_size, calibration, spinning=False)
 
-    def preprocess(self, data: bytes, filename: str = "<upload>") -> torch.Tensor:
+    def preprocess(self, data: bytes, filename: str = "<upload>", split: bool = False) -> torch.Tensor:
         """Encoded image bytes -> float32 (3, H, W), the model's eval preprocessing.
+
+        ``split=True`` runs half of the resize on a second thread (the same pixels,
+        :func:`effnet.data.resize_center_crop`): for a lone request on an idle server.
 
         Raises:
             ImageDecodeError: the bytes are not a decodable image (named ``filename``).
         """
-        return decode_transformed(data, self.transform, filename)
+        img = decode_image(data, filename, min_size=self.transform.decode_size)
+        return self.transform(img, self._resize_pool if split else None)
 
     def __call__(self, x: torch.Tensor) -> np.ndarray:
         with torch.inference_mode():
