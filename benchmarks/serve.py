@@ -2,9 +2,12 @@
 
 One run, side by side:
 
-1. The bare engine (``build_engine(..., "onnx")`` on tf_efficientnet_lite0, in this
-   process, before the server starts): median ms of a batch-1 call on a preprocessed photo,
-   and of decode + preprocess + that call (what one request must do at least).
+1. The bare engine (the server's :class:`~effnet.serve.Classifier`: onnx, threads not
+   spinning, in this process, before the server starts): median ms of a batch-1 call on a
+   preprocessed photo, of decode + preprocess (resizing on 1 and on 2 threads), and of
+   decode + engine (what one request must do at least). While the server runs, the bare
+   engine is timed again between ``--rounds`` concurrency-1 rounds, and the overhead is the
+   median over rounds of (request p50 - engine median): the machine's drift cancels.
 2. ``effnet serve --engine onnx --max-batch 16 --batch-timeout-ms 5`` in a subprocess on a
    free 127.0.0.1 port, the real ImageNet Lite0 weights; a small asyncio load generator
    (HTTP/1.1 keep-alive, one connection per concurrent client, raw JPEG bodies of the shared
@@ -42,51 +45,51 @@ def _photos(n: int = 32) -> list:
     return [f.read_bytes() for f in files]
 
 
-def bare_engine(photos: list, iters: int = 200) -> dict:
-    """Median ms of the onnx engine at batch 1, and of decode + preprocess + engine."""
-    import torch
+class BareEngine:
+    """The server's engine and preprocessing in this process (:class:`effnet.serve.Classifier`,
+    onnx, threads not spinning, as the server builds them), timed call by call."""
 
-    import effnet
-    from effnet.data import decode_transformed, eval_transform
-    from effnet.deploy import build_engine
+    def __init__(self, photos: list) -> None:
+        import effnet
+        from effnet.serve.classifier import Classifier
 
-    model = effnet.create_model("tf_efficientnet_lite0", pretrained=True).eval()
-    run = build_engine(model, "onnx", model.config.preprocess.input_size, spinning=False)   # as the server
-    transform = eval_transform(model.config)
-    x = decode_transformed(photos[0], transform)[None]
-    for _ in range(20):
-        run(x)
-    engine, decode, full = [], [], []
-    for i in range(iters):                        # three separate loops: each its own steady state
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            run(x).float().softmax(dim=1)
-        engine.append(time.perf_counter() - t0)
+        self.photos = photos
+        self.classifier = Classifier(effnet.create_model("tf_efficientnet_lite0", pretrained=True).eval(), "onnx")
+        self.x = self.classifier.preprocess(photos[0])[None]
+        for _ in range(20):
+            self.classifier(self.x)
+
+    def engine_ms(self, iters: int) -> float:
+        """Median ms of a batch-1 engine call (softmax included), back to back."""
+        return _median_ms(lambda i: self.classifier(self.x), iters)
+
+    def decode_ms(self, iters: int, split: bool = False) -> float:
+        """Median ms of decode + preprocess of a photo (``split``: resize on 2 threads)."""
+        return _median_ms(lambda i: self.classifier.preprocess(self.photos[i % len(self.photos)], "p", split), iters)
+
+    def decode_engine_ms(self, iters: int) -> float:
+        """Median ms of what a lone request must do at least: decode (split) + engine."""
+        c = self.classifier
+        return _median_ms(lambda i: c(c.preprocess(self.photos[i % len(self.photos)], "p", True)[None]), iters)
+
+
+def _median_ms(fn, iters: int) -> float:
+    times = []
     for i in range(iters):
         t0 = time.perf_counter()
-        decode_transformed(photos[i % len(photos)], transform)
-        decode.append(time.perf_counter() - t0)
-    for i in range(iters):
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            run(decode_transformed(photos[i % len(photos)], transform)[None]).float().softmax(dim=1)
-        full.append(time.perf_counter() - t0)
-    del run
-    return {"engine_ms": 1000 * statistics.median(engine), "decode_ms": 1000 * statistics.median(decode),
-            "decode_engine_ms": 1000 * statistics.median(full)}
+        fn(i)
+        times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
 
 
 async def _request(reader, writer, body: bytes, ctype: str) -> tuple:
     writer.write(b"POST /predict?topk=5 HTTP/1.1\r\nHost: bench\r\nContent-Type: " + ctype.encode() +
                  b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
     await writer.drain()
-    status = int((await reader.readline()).split()[1])
-    length, close = 0, False
-    while True:
-        line = await reader.readline()
-        if line in (b"\r\n", b""):
-            break
-        name, _, value = line.decode().partition(":")
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")   # status line + headers, one read
+    status, length, close = int(head[0].split()[1]), 0, False
+    for line in head[1:]:
+        name, _, value = line.partition(":")
         if name.lower() == "content-length":
             length = int(value)
         elif name.lower() == "connection" and "close" in value.lower():
@@ -142,15 +145,19 @@ def main() -> None:
     ap.add_argument("--concurrency", default="1,4,16,64")
     ap.add_argument("--requests", type=int, default=400, help="requests per concurrency level (at most)")
     ap.add_argument("--seconds", type=float, default=20.0, help="time per concurrency level (at most)")
+    ap.add_argument("--rounds", type=int, default=5, help="concurrency-1 rounds in turn with the bare engine")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
     levels = [int(x) for x in args.concurrency.split(",")]
     if not {1, 16} <= set(levels):
         ap.error("--concurrency must include 1 and 16: the targets compare them")
     photos = _photos()
-    bare = bare_engine(photos)
-    print(f"bare onnx engine, batch 1: {bare['engine_ms']:.2f} ms; decode + preprocess: {bare['decode_ms']:.2f} ms; "
-          f"both: {bare['decode_engine_ms']:.2f} ms (medians)", flush=True)
+    engine = BareEngine(photos)
+    bare = {"engine_ms": engine.engine_ms(200), "decode_ms": engine.decode_ms(200),
+            "decode_split_ms": engine.decode_ms(200, split=True), "decode_engine_ms": engine.decode_engine_ms(200)}
+    print(f"bare onnx engine, batch 1: {bare['engine_ms']:.2f} ms; decode + preprocess: {bare['decode_ms']:.2f} ms "
+          f"({bare['decode_split_ms']:.2f} ms resizing on 2 threads); decode (2 threads) + engine: "
+          f"{bare['decode_engine_ms']:.2f} ms (medians)", flush=True)
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from conftest import ServerProcess
@@ -162,6 +169,14 @@ def main() -> None:
     with server as url:
         port = int(url.rsplit(":", 1)[1])
         asyncio.run(load(port, 4, 40, 10, good))                         # warm-up: connections, shapes
+        # concurrency 1 against the bare engine in rounds taken in turn, so the machine's drift
+        # (this 2-core VM's speed wanders by 20-30% over minutes) falls on both alike
+        c1_rounds = []
+        for _ in range(args.rounds):
+            e = engine.engine_ms(60)
+            r = asyncio.run(load(port, 1, args.requests // (2 * args.rounds), args.seconds, good))
+            c1_rounds.append({"engine_ms": e, "p50_ms": r["p50_ms"], "overhead_ms": r["p50_ms"] - e})
+            print(json.dumps(c1_rounds[-1]), flush=True)
         for c in levels:
             b0, n0 = _metric(url, "effnet_batch_size_sum"), _metric(url, "effnet_batch_size_count")
             r = asyncio.run(load(port, c, args.requests if c > 1 else args.requests // 2, args.seconds, good))
@@ -187,15 +202,19 @@ def main() -> None:
             errs = f"{r['errors_5xx']} 5xx; 4xx: {sum(n for s, n in r['codes'].items() if 400 <= s < 500)}"
         print(f"| {label} | {r['requests']} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | "
               f"{r['images_per_s']:.1f} | {r.get('mean_batch', float('nan')):.2f} | {errs} |")
-    print(f"\nconcurrency 1: p50 {c1['p50_ms']:.2f} ms = bare engine {bare['engine_ms']:.2f} ms + "
-          f"{c1['p50_ms'] - bare['engine_ms']:.2f} ms (decode + preprocess + engine in process: "
-          f"{bare['decode_engine_ms']:.2f} ms, so HTTP + batching add {c1['p50_ms'] - bare['decode_engine_ms']:.2f} ms)")
+    overhead = statistics.median(r["overhead_ms"] for r in c1_rounds)
+    print(f"\nconcurrency 1, {len(c1_rounds)} rounds in turn with the bare engine: request p50 minus engine median = "
+          + ", ".join(f"{r['p50_ms']:.2f} - {r['engine_ms']:.2f}" for r in c1_rounds)
+          + f" ms; median overhead {overhead:.2f} ms")
+    print(f"concurrency 1 (own run): p50 {c1['p50_ms']:.2f} ms; decode (2 threads) + engine in process "
+          f"{bare['decode_engine_ms']:.2f} ms")
     print(f"concurrency 16 / concurrency 1 throughput: {c16['images_per_s'] / c1['images_per_s']:.2f}x")
     mixed = rows[-1]
     print(f"5% bad uploads at concurrency 16: good p50 {mixed['p50_ms']:.1f} ms vs {c16['p50_ms']:.1f} ms "
           f"({mixed['p50_ms'] / c16['p50_ms']:.3f}x), 5xx {mixed['errors_5xx']}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"bare": bare, "rows": rows}, indent=1))
+        Path(args.json).write_text(json.dumps({"bare": bare, "c1_rounds": c1_rounds, "overhead_ms": overhead,
+                                               "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":
