@@ -267,7 +267,7 @@ def test_split_pass_resize_matches_pillow_for_every_filter_size_and_mode(interpo
             for mode, channels in (("RGB", 3), ("L", 1)):
                 pixels = rng.integers(0, 256, (h, w, channels), dtype=np.uint8)
                 img = Image.fromarray(pixels[..., 0] if channels == 1 else pixels, mode)
-                for resize, crop in ((256, 224), (241, 239), (256, 256)):
+                for resize, crop in ((256, 224), (241, 239), (256, 256), (3, 2), (1, 1)):
                     exact = rgb(center_crop(resize_shorter_side(img, resize, interpolation), crop))
                     for executor in (None, pool):
                         got = rgb(resize_center_crop(img, resize, crop, interpolation, executor))

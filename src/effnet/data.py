@@ -528,7 +528,7 @@ def _separable_resize_crop(img: Image.Image, size: Tuple[int, int], offset: Tupl
 
 def _in_halves(fn: Callable, src: Image.Image, lo: int, hi: int, executor: Optional[Executor]) -> list:
     """``[(lo, fn(src, lo, hi))]``, or with ``executor`` the two halves of [lo, hi), one run there."""
-    if executor is None:
+    if executor is None or hi - lo < 2:
         return [(lo, fn(src, lo, hi))]
     mid = (lo + hi) // 2
     other = executor.submit(fn, src, mid, hi)
