@@ -5,7 +5,8 @@ Why FastAPI + uvicorn and not LitServe: the engines here are in-process callable
 every core in one call) want one engine per machine, fed in batches. LitServe runs the model
 in worker processes behind queues, one more hop per request; on 2 cores that hop is a large
 part of a 5 ms budget. Here the event loop decodes uploads in a thread pool, queues the
-tensors and one engine thread runs them as a batch (:class:`DynamicBatcher`); FastAPI gives
+tensors and one engine thread runs them as a batch (:class:`DynamicBatcher`; a request alone
+on an idle server is decoded and run in one call on that thread); FastAPI gives
 the routing, multipart parsing (python-multipart) and JSON, uvicorn the HTTP/1.1 server,
 prometheus_client the ``/metrics`` text format.
 
