@@ -221,3 +221,46 @@ def test_a_lone_request_is_resized_on_two_threads_to_the_same_pixels(data):
         return states
 
     assert asyncio.run(alone_states()) == [True, False, True]
+
+
+def test_batcher_lone_path_never_overtakes_a_batch_or_a_running_job():
+    """A request is not "alone" while a batch waits for stragglers (it joins the batch), nor
+    while the engine thread still runs a job whose request was cancelled."""
+    import asyncio
+    import threading
+
+    import torch
+
+    from effnet.serve.server import DynamicBatcher
+
+    async def scenario():
+        calls = []
+        batcher = DynamicBatcher(lambda x: (calls.append(len(x)), np.zeros((len(x), 3)))[1], 4, 0.5)
+        batcher.start()
+        batcher.expect()
+        batcher.expect()
+        first = asyncio.ensure_future(batcher.submit(torch.zeros(3, 2, 2)))
+        await asyncio.sleep(0.02)                      # the batch holds the first image, waits for the second
+        assembling = batcher.alone()
+        second = asyncio.ensure_future(batcher.submit(torch.zeros(3, 2, 2)))
+        await asyncio.gather(first, second)
+        await asyncio.sleep(0.01)
+        batcher.expect()
+        idle = batcher.alone()
+        release = threading.Event()
+        lone = asyncio.ensure_future(batcher.run_alone(lambda: (release.wait(5), torch.zeros(3, 2, 2))[1]))
+        await asyncio.sleep(0.02)
+        lone.cancel()                                  # the request goes away; its job is still on the thread
+        await asyncio.sleep(0.02)
+        batcher.expect()
+        while_running = batcher.alone()
+        release.set()
+        await asyncio.sleep(0.05)
+        after = batcher.alone()
+        batcher.cancel()
+        await batcher.stop()
+        return assembling, calls, idle, while_running, after
+
+    assembling, calls, idle, while_running, after = asyncio.run(scenario())
+    assert assembling is False and calls[0] == 2           # one engine call for both, nobody jumped in
+    assert idle is True and while_running is False and after is True

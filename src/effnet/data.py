@@ -399,15 +399,16 @@ def resize_center_crop(img: Image.Image, resize_size: int, crop_size: int,
 
     When the resized image would have at most :data:`MAX_RESIZE_PIXELS` pixels (every photo
     up to a 256:1 aspect ratio at resize 256) the pixels are bit-identical to that
-    expression, so to torchvision/timm: for RGB and L images Pillow's two resampling passes
-    are run separately (:func:`_separable_resize_crop`), the horizontal one only on the
-    source rows the crop reads and the vertical one only on the crop's columns, which is
-    about 13% less work (and, given ``executor``, split over two threads). Otherwise the crop is mapped back to a box in
-    source coordinates and ``Image.resize((crop, crop), box=...)`` resamples straight into
-    it: nothing larger than the crop is allocated. That path is not bit-identical: Pillow
-    runs the vertical pass before the horizontal one when a box crops rows (the whole-image
-    resize runs horizontal first), which moves the rounding between the passes (up to
-    ~13 levels at sharp edges, 0.3 on average, measured on shared photos).
+    expression, so to torchvision/timm with the same Pillow: for RGB and L images Pillow's
+    two resampling passes are run separately (:func:`_separable_resize_crop`), in Pillow's
+    order, the first only on the source lines the crop reads and the second only on the
+    crop's lines, which is about 13% less work (and, given ``executor``, split over two
+    threads). Otherwise the crop is mapped back to a box in source coordinates and
+    ``Image.resize((crop, crop), box=...)`` resamples straight into it: nothing larger than
+    the crop is allocated. That path is not bit-identical: Pillow takes the box in float32,
+    which moves the resampling weights slightly, and picks the pass order from the box
+    resize's own sizes, which can move the rounding between the passes (up to ~13 levels at
+    sharp edges, 0.3 on average, measured on shared photos).
 
     Args:
         img: a Pillow image (any mode Pillow resizes).
@@ -503,6 +504,7 @@ def _separable_resize_crop(img: Image.Image, size: Tuple[int, int], offset: Tupl
     change is a copy, as in Pillow. ``RGB`` and ``L`` only (Pillow premultiplies alpha for
     the others). With ``executor`` each pass is split in two halves, one run there.
     """
+    img.load()                  # once, here: two threads cropping a lazily opened file would both decode it
     (w, h), (new_w, new_h), (left, top) = img.size, size, offset
     f, support = _PIL_FILTERS[interpolation], _FILTER_SUPPORT[interpolation]
 
@@ -625,7 +627,8 @@ class ResizeCropTransform:
 
     def __call__(self, img: Image.Image, executor: Optional[Executor] = None) -> torch.Tensor:
         """``executor``: a thread pool that splits the resize of this one image in two
-        (:func:`resize_center_crop`), for a lone request on an idle server; same pixels."""
+        (:func:`resize_center_crop`), for a lone request on an idle server; same pixels.
+        Used by the ``center`` crop mode; ``squash`` resizes in one Pillow call and ignores it."""
         if self.crop_mode == "center":
             img = resize_center_crop(img, self.resize_size, self.crop_size, self.interpolation, executor)
         else:

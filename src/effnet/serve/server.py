@@ -127,7 +127,8 @@ class DynamicBatcher:
         self._queue: deque = deque()
         self._arrived: Optional[asyncio.Event] = None
         self._incoming = 0
-        self._running = 0                            # engine calls submitted and not finished
+        self._busy = 0                     # engine-thread jobs submitted and not finished on that thread
+        self._assembling = False           # a batch has its first image and waits for others
         self._task: Optional[asyncio.Task] = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="effnet-engine")
 
@@ -136,9 +137,29 @@ class DynamicBatcher:
         self._incoming += 1
 
     def alone(self) -> bool:
-        """Whether the one announced request is all there is: none queued, the engine idle.
-        Then :meth:`run_alone` may take it."""
-        return self._incoming <= 1 and not self._queue and not self._running
+        """Whether the one announced request is all there is: no other announced, none
+        queued, no batch being assembled, nothing on the engine thread (a job counts until
+        the thread finishes it, even if its request was cancelled). Then :meth:`run_alone`
+        may take it."""
+        return self._incoming <= 1 and not self._queue and not self._assembling and not self._busy
+
+    def _engine_job(self, fn: Callable, *args) -> asyncio.Future:
+        """Submit ``fn(*args)`` to the engine thread now; busy (:meth:`alone`) until it finishes there."""
+        loop = asyncio.get_running_loop()
+        self._busy += 1
+
+        def finished(_):
+            try:
+                loop.call_soon_threadsafe(self._job_done)
+            except RuntimeError:                       # the loop is closed: the server is gone
+                pass
+
+        job = self._executor.submit(fn, *args)
+        job.add_done_callback(finished)
+        return asyncio.wrap_future(job, loop=loop)
+
+    def _job_done(self) -> None:
+        self._busy -= 1
 
     async def run_alone(self, prepare: Callable[[], torch.Tensor]) -> np.ndarray:
         """Run an announced request that is :meth:`alone` as a batch of one: ``prepare()``
@@ -158,11 +179,10 @@ class DynamicBatcher:
             t0 = time.perf_counter()
             return self.run(x), time.perf_counter() - t0
 
-        self._running += 1
+        job = self._engine_job(work)
         try:
-            out, seconds = await asyncio.get_running_loop().run_in_executor(self._executor, work)
+            out, seconds = await job
         finally:
-            self._running -= 1
             self.cancel()                              # no longer announced: it will not submit
         if self.on_batch is not None:
             self.on_batch(1, seconds)
@@ -183,7 +203,7 @@ class DynamicBatcher:
 
     async def on_engine_thread(self, fn: Callable, *args):
         """``fn(*args)`` on the engine's thread, between batches (e.g. the app's eager CAM)."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await self._engine_job(fn, *args)
 
     def _wake(self) -> None:
         if self._arrived is not None:
@@ -214,6 +234,7 @@ class DynamicBatcher:
             self._arrived.clear()
             await self._arrived.wait()
         batch = [self._queue.popleft()]
+        self._assembling = True                        # cleared by _loop once the batch is on the engine
         deadline = loop.time() + self.timeout_s
         while len(batch) < self.max_batch:
             if self._queue:
@@ -230,21 +251,21 @@ class DynamicBatcher:
         return batch
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            batch = await self._next_batch()
-            x = torch.stack([item.x for item in batch])
-            t0 = time.perf_counter()
-            self._running += 1
             try:
-                out = await loop.run_in_executor(self._executor, self.run, x)
+                batch = await self._next_batch()
+                x = torch.stack([item.x for item in batch])
+                t0 = time.perf_counter()
+                job = self._engine_job(self.run, x)    # busy from here, so never idle-looking in between
+            finally:
+                self._assembling = False
+            try:
+                out = await job
             except Exception as e:                    # an engine failure fails this batch, not the server
                 for item in batch:
                     if not item.future.done():
                         item.future.set_exception(e)
                 continue
-            finally:
-                self._running -= 1
             if self.on_batch is not None:
                 self.on_batch(len(batch), time.perf_counter() - t0)
             for item, row in zip(batch, out):
@@ -562,10 +583,12 @@ def serve(classifier: Classifier, host: str = "127.0.0.1", port: int = 8000, con
     One process: the engine uses every core in each call and the batcher needs all requests
     in one place. Binds ``host`` (default 127.0.0.1, this machine only; ``0.0.0.0`` for all
     interfaces). With an engine that has its own thread pool (onnxruntime, OpenVINO, ...;
-    not :data:`effnet.deploy.TORCH_ENGINES`) PyTorch is set to one thread: the server's own
-    torch work is small (stacking a batch, softmax), and PyTorch's OpenMP workers, which
-    spin after each parallel op, otherwise took a core from the engine's threads (Lite0 onnx
-    at batch 1 on 2 cores: ~6.1 ms in process, 8.5-9.3 ms inside the server before).
+    not :data:`effnet.deploy.TORCH_ENGINES`) and no web page (``app=False``), PyTorch is set
+    to one thread: the server's own torch work is then small (stacking a batch, softmax),
+    and PyTorch's OpenMP workers, which spin after each parallel op, otherwise took a core
+    from the engine's threads (Lite0 onnx at batch 1 on 2 cores: ~6.1 ms in process,
+    8.5-9.3 ms inside the server before). The page's class activation maps run the eager
+    model, so ``app=True`` keeps PyTorch's threads.
 
     Raises:
         ServeDependencyError: the serve extra is missing.
@@ -576,7 +599,7 @@ def serve(classifier: Classifier, host: str = "127.0.0.1", port: int = 8000, con
 
     from ..deploy import TORCH_ENGINES
 
-    if classifier.engine not in TORCH_ENGINES:
+    if classifier.engine not in TORCH_ENGINES and not app:
         torch.set_num_threads(1)
     uvicorn.run(create_app(classifier, config, app=app), host=host, port=port, log_level=log_level,
                 access_log=False, timeout_graceful_shutdown=5)
