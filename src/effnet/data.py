@@ -559,8 +559,8 @@ def to_tensor(img: Image.Image, mean: tuple[float, ...], std: tuple[float, ...])
         raise ValueError(f"to_tensor needs an image with {lut.shape[0]} channels (mean/std), got an array of shape "
                          f"{a.shape}: convert it to RGB first")
     out = np.empty((lut.shape[0],) + a.shape[:2], np.float32)
-    for c in range(lut.shape[0]):
-        np.take(lut[c], a[..., c], out=out[c])
+    for c in range(lut.shape[0]):      # uint8 indices are always in range: "clip" skips numpy's buffered check
+        np.take(lut[c], a[..., c], out=out[c], mode="clip")
     return torch.from_numpy(out)
 
 
