@@ -88,8 +88,30 @@ def _png_header_only(width: int, height: int) -> bytes:
         chunk(b"IEND", b"")
 
 
+def _multipart(parts: list, boundary: str = "effnet-test-boundary") -> tuple:
+    """(body, content type) of a multipart form; ``parts``: (field, filename, bytes, content type or None).
+    A part without a type is what Python requests sends for ``files={"file": open(path, "rb")}``."""
+    body = b""
+    for field, filename, content, ctype in parts:
+        body += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
+                 + (f"Content-Type: {ctype}\r\n" if ctype else "") + "\r\n").encode() + content + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def test_a_file_part_without_a_content_type_is_decoded(server, data):
+    f = photo(data)
+    body, ctype = _multipart([("file", f.name, f.read_bytes(), None)])
+    r = httpx.post(f"{server}/predict", content=body, headers={"content-type": ctype}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["topk"][0]["class_index"] == 0
+    body, ctype = _multipart([("file", "notes.txt", b"not an image", None)])   # untyped junk: the decoder's 422
+    r = httpx.post(f"{server}/predict", content=body, headers={"content-type": ctype}, timeout=60)
+    assert r.status_code == 422 and "not an image" in r.json()["error"]
+
+
 def test_bad_uploads_get_their_4xx_and_the_server_keeps_serving(server, data):
     good = photo(data).read_bytes()
+    big_form, big_type = _multipart([("file", "big.jpg", b"\xff" * (3 << 20), "image/jpeg")])
     before = httpx.get(f"{server}/metrics").text
 
     def post(content=None, files=None, ctype="image/jpeg", params=None):
@@ -105,6 +127,8 @@ def test_bad_uploads_get_their_4xx_and_the_server_keeps_serving(server, data):
         "over --max-upload-mb 2": (post(b"\xff" * (3 << 20)), 413, "limit of 2 MiB"),
         "over the cap, multipart": (post(files={"file": ("big.jpg", b"\xff" * (3 << 20), "image/jpeg")}), 413,
                                     "limit"),
+        "over the cap, chunked multipart (no length)": (post(iter([big_form[i:i + 65536] for i in range(
+            0, len(big_form), 65536)]), ctype=big_type), 413, "limit of 2 MiB"),
         "wrong content type": (post(good, ctype="text/plain"), 415, "not an image"),
         "wrong part type": (post(files={"file": ("a.txt", good, "text/plain")}), 415, "not an image"),
         "form without a file": (post(files={"note": (None, b"1")}), 400, "no file"),
@@ -135,6 +159,15 @@ def test_batch_endpoint_reports_bad_images_in_line(server, data):
     assert results[0]["topk"][0]["class_index"] == 1 and len(results[0]["topk"]) == 2
     assert "truncated" in results[1]["error"] and "topk" not in results[1]
     assert results[2]["topk"][0]["class_index"] == 0
+    # a part of the wrong type is refused in line too, not the whole request
+    before = httpx.get(f"{server}/metrics").text
+    r = httpx.post(f"{server}/predict/batch", params={"topk": 1}, timeout=60, files=[
+        ("files", ("notes.txt", b"hello", "text/plain")), ("files", ("goldfish.jpg", good, "image/jpeg"))])
+    assert r.status_code == 200, r.text
+    first, second = r.json()["results"]
+    assert "content type 'text/plain'" in first["error"] and second["topk"][0]["class_index"] == 1
+    after = httpx.get(f"{server}/metrics").text
+    assert metric(after, "effnet_image_errors_total") - metric(before, "effnet_image_errors_total") == 1
 
 
 def test_health_metadata_and_metrics(server):
@@ -152,6 +185,7 @@ def test_health_metadata_and_metrics(server):
                  "effnet_batch_size_bucket"):
         assert name in text
     assert httpx.get(f"{server}/nothing-here").status_code == 404
+    assert httpx.head(f"{server}/health").status_code == 200       # load balancers' probes
 
 
 def test_serve_arguments_are_checked():
@@ -161,6 +195,26 @@ def test_serve_arguments_are_checked():
     with pytest.raises(SystemExit) as e:
         main(["serve", *MODEL, "--max-upload-mb", "0"])
     assert e.value.code == 2
+
+
+def test_a_taken_port_or_a_bad_host_fails_before_the_model_loads(monkeypatch, capsys):
+    import socket
+
+    import effnet.cli
+
+    def no_model(_args):
+        raise AssertionError("the model was loaded before the address was checked")
+
+    monkeypatch.setattr(effnet.cli, "_build_model", no_model)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", *MODEL, "--port", str(port)]) == 1
+        err = capsys.readouterr().err
+        assert f"127.0.0.1:{port}" in err and "another --port" in err and "serving" not in err
+    assert main(["serve", *MODEL, "--host", "999.1.1.1"]) == 1
+    assert "does not resolve" in capsys.readouterr().err
 
 
 def test_app_page_and_explain(data):

@@ -211,11 +211,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .deploy import INT8_ENGINES, calibration_batches
-    from .serve.server import Classifier, ServeConfig, serve, warm_up
+    from .serve.server import Classifier, ServeConfig, bind, serve, warm_up
 
     config = ServeConfig(max_batch=args.max_batch, batch_timeout_ms=args.batch_timeout_ms,
                          max_upload_mb=args.max_upload_mb, max_files=args.max_files)
     app = args.command == "app"
+    sock = bind(args.host, args.port)            # a taken port fails now, before the model loads
     model = _build_model(args)
     calibration = calibration_batches(model, args.calibration) if args.engine in INT8_ENGINES else None
     classifier = Classifier(model, args.engine, name=args.model, calibration=calibration)
@@ -223,7 +224,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     url = f"http://{args.host}:{args.port}/"
     print(f"{'app' if app else 'serving'} {classifier.name} ({args.engine}, {len(classifier.names)} classes) on "
           f"{url}{'' if app else 'predict'}; Ctrl-C stops", file=sys.stderr, flush=True)
-    serve(classifier, args.host, args.port, config, app=app, log_level=args.log_level)
+    serve(classifier, args.host, args.port, config, app=app, log_level=args.log_level, sock=sock)
     return 0
 
 

@@ -13,19 +13,21 @@ prometheus_client the ``/metrics`` text format.
 Endpoints (all JSON unless said):
 
 - ``POST /predict?topk=5``: one image, as a multipart form (one file field) or the raw body
-  (``Content-Type: image/*`` or ``application/octet-stream``) ->
+  (``Content-Type: image/*``, ``application/octet-stream`` or none; a file part with no type,
+  as Python requests sends it, is decoded too) ->
   ``{"topk": [{"class_index", "label", "probability"}], "model", "engine", "ms"}``.
 - ``POST /predict/batch?topk=5``: several images in one multipart form ->
   ``{"results": [{"file", "topk"} or {"file", "error"}], "model", "engine", "ms"}``; an
-  image that cannot be decoded gets an ``error`` entry, the others their predictions.
-- ``GET /health``, ``GET /metadata`` (model, classes, preprocessing, engine, limits),
+  image that cannot be decoded or is not of an image type gets an ``error`` entry (counted
+  in ``effnet_image_errors``), the others their predictions.
+- ``GET /health`` (and ``HEAD``), ``GET /metadata`` (model, classes, preprocessing, engine, limits),
   ``GET /metrics`` (Prometheus text: requests, errors, latency and batch-size histograms).
 - with ``app=True`` (``effnet app``): ``GET /`` the web page and ``POST /explain`` (top-k
   and the class activation map overlay of the top-1 class as a PNG data URL).
 
 Bad uploads get a 4xx JSON ``{"error": "...", "status": N}`` naming the problem: 413 a body
 over ``max_upload_mb`` (checked from Content-Length and again while reading, so a lying or
-missing header changes nothing), 415 a content type that is not an image, 422 bytes that do
+missing header, or a chunked form, changes nothing), 415 a content type that is not an image, 422 bytes that do
 not decode (not an image, truncated, a decompression bomb over
 :data:`effnet.data.MAX_IMAGE_PIXELS`, an unrenderable mode), 400 a malformed request (no
 file, bad ``topk``). None of them reaches the engine or stops the server.
@@ -33,6 +35,7 @@ file, bad ``topk``). None of them reaches the engine or stops the server.
 
 
 import asyncio
+import errno
 import functools
 import time
 from collections import deque
@@ -47,7 +50,7 @@ from .._validate import check_float, check_int
 from ..data import ImageDecodeError, decode_image
 from .classifier import Classifier
 
-__all__ = ["ServeConfig", "Classifier", "DynamicBatcher", "create_app", "serve", "ServeDependencyError"]
+__all__ = ["ServeConfig", "Classifier", "DynamicBatcher", "create_app", "bind", "serve", "ServeDependencyError"]
 
 MB = 1 << 20
 
@@ -377,6 +380,8 @@ def _metrics():
         engine=Histogram("effnet_engine_seconds", "engine call time per batch, seconds", buckets=latency_buckets,
                          registry=registry),
         images=Counter("effnet_images", "images classified", registry=registry),
+        image_errors=Counter("effnet_image_errors", "images refused inside a /predict/batch answer (the request "
+                             "succeeds, the image gets an error entry), by reason", ["reason"], registry=registry),
     )
 
 
@@ -452,34 +457,52 @@ def create_app(classifier: Classifier, config: ServeConfig = ServeConfig(), app:
                                      f"got {topk}")
         return topk
 
+    def type_error(content_type: Optional[str], what: str) -> Optional[str]:
+        """Why ``content_type`` is not an upload to decode, or None. A missing type (Python
+        requests' file parts, a bare body) leaves it to the decoder."""
+        if not content_type or content_type.lower().startswith(_IMAGE_TYPES):
+            return None
+        return (f"{what} has content type {content_type!r}, not an image: send image/jpeg, image/png, ... or "
+                f"application/octet-stream (or a multipart form with the image as a file field)")
+
     def check_type(content_type: Optional[str], what: str) -> None:
-        if not (content_type or "").lower().startswith(_IMAGE_TYPES):
-            raise HTTPException(415, f"{what} has content type {content_type or 'none'!r}, not an image: send "
-                                     f"image/jpeg, image/png, ... or application/octet-stream (or a multipart "
-                                     f"form with the image as a file field)")
+        problem = type_error(content_type, what)
+        if problem:
+            raise HTTPException(415, problem)
 
     async def read_uploads(request: Request, most: int) -> list:
-        """[(filename, bytes)] from a multipart form or a raw image body."""
+        """[(filename, bytes, content type or None)] from a multipart form or a raw image body.
+
+        Raises:
+            HTTPException: 400 for a form that cannot be read or has no file, 415 for a raw
+                body that is not an image type (a file part's type is checked by the caller).
+        """
         ctype = request.headers.get("content-type", "")
         if ctype.lower().startswith("multipart/form-data"):
             try:
                 form = await request.form(max_files=most, max_fields=most + 8)
-            except HTTPException:
+            except (HTTPException, _BodyLimit.TooLarge):         # the body limit answers 413
                 raise
             except Exception as e:
-                raise HTTPException(400, f"the multipart form could not be read ({e})") from e
+                raise HTTPException(400, f"the multipart form could not be read ({e or type(e).__name__})") from e
             files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
             if not files:
                 raise HTTPException(400, "the multipart form has no file field: send the image as a file "
                                          "(e.g. curl -F file=@photo.jpg)")
-            out = []
-            for f in files:
-                check_type(f.content_type, f"file {f.filename!r}")
-                out.append((f.filename or "<upload>", await f.read()))
+            out = [(f.filename or "<upload>", await f.read(), f.content_type) for f in files]
             await form.close()
             return out
         check_type(ctype, "the request body")
-        return [("<upload>", await request.body())]
+        return [("<upload>", await request.body(), None)]
+
+    async def read_one(request: Request) -> tuple:
+        """(filename, bytes) of the one image of /predict or /explain; 400 for several, 415 for a non-image type."""
+        uploads = await read_uploads(request, 1)
+        if len(uploads) != 1:
+            raise HTTPException(400, f"{request.url.path} takes one image, got {len(uploads)}; use /predict/batch")
+        name, data, ctype = uploads[0]
+        check_type(ctype, f"file {name!r}")
+        return name, data
 
     async def decode(data: bytes, name: str) -> torch.Tensor:
         loop = asyncio.get_running_loop()
@@ -493,13 +516,10 @@ def create_app(classifier: Classifier, config: ServeConfig = ServeConfig(), app:
     async def predict(request: Request, topk: int = 5):
         t0 = time.perf_counter()
         check_topk(topk)
+        name, data = await read_one(request)  # announced only once received: a stalled upload holds up no batch
         batcher.expect()
         announced = True                      # until run_alone or submit takes it over
         try:
-            uploads = await read_uploads(request, 1)
-            if len(uploads) != 1:
-                raise HTTPException(400, f"/predict takes one image, got {len(uploads)}; use /predict/batch")
-            name, data = uploads[0]
             if batcher.alone():               # nothing else to do: decode (resize on 2 threads) + engine at once
                 announced = False
                 probs = await batcher.run_alone(functools.partial(classifier.preprocess, data, name, True))
@@ -521,24 +541,31 @@ def create_app(classifier: Classifier, config: ServeConfig = ServeConfig(), app:
         uploads = await read_uploads(request, config.max_files)
         if len(uploads) > config.max_files:
             raise HTTPException(400, f"{len(uploads)} images in one request; the limit is {config.max_files}")
-        for _ in uploads:
-            batcher.expect()
+        refused = [type_error(ctype, f"file {name!r}") for name, _, ctype in uploads]
+        for problem in refused:
+            if problem:
+                m["image_errors"].labels("content_type").inc()
+            else:
+                batcher.expect()
 
-        async def one(name: str, data: bytes) -> dict:
+        async def one(name: str, data: bytes, problem: Optional[str]) -> dict:
+            if problem:
+                return {"file": name, "error": problem}
             try:
                 x = await decode(data, name)
             except ImageDecodeError as e:
                 batcher.cancel()
+                m["image_errors"].labels("decode").inc()
                 return {"file": name, "error": str(e)}
             except BaseException:
                 batcher.cancel()
                 raise
             return {"file": name, "topk": classifier.topk(await batcher.submit(x), topk)}
 
-        results = await asyncio.gather(*(one(n, d) for n, d in uploads))
+        results = await asyncio.gather(*(one(n, d, p) for (n, d, _), p in zip(uploads, refused)))
         return payload(t0, results=list(results))
 
-    @api.get("/health")
+    @api.api_route("/health", methods=["GET", "HEAD"])
     async def health():
         return {"status": "ok", "model": classifier.name, "engine": classifier.engine}
 
@@ -562,8 +589,7 @@ def create_app(classifier: Classifier, config: ServeConfig = ServeConfig(), app:
         async def explain(request: Request, topk: int = 5):
             t0 = time.perf_counter()
             check_topk(topk)
-            uploads = await read_uploads(request, 1)
-            name, data = uploads[0]
+            name, data = await read_one(request)
             loop = asyncio.get_running_loop()
             try:
                 image = await loop.run_in_executor(
@@ -576,8 +602,40 @@ def create_app(classifier: Classifier, config: ServeConfig = ServeConfig(), app:
     return api
 
 
+def bind(host: str = "127.0.0.1", port: int = 8000):
+    """A TCP socket bound to ``host``:``port`` for :func:`serve`: bind before the model loads,
+    so a taken port or a bad host is an error at once, not after a minute of loading.
+
+    Returns:
+        A bound ``socket.socket`` (not yet listening; uvicorn listens on it).
+
+    Raises:
+        OSError: the host does not resolve or is not this machine's, or the port is taken
+            or needs privileges; the message names the address and what to change.
+    """
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as e:
+        raise OSError(f"cannot serve on --host {host!r}: it does not resolve ({e.strerror}); use an address of "
+                      f"this machine such as 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as uvicorn: restart while old sockets linger
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        hint = {errno.EADDRINUSE: "another process holds it: pick another --port or stop that process",
+                errno.EACCES: "ports below 1024 need privileges: pick a --port of 1024 or more",
+                errno.EADDRNOTAVAIL: "the host is not an address of this machine: use 127.0.0.1 or 0.0.0.0"}
+        raise OSError(e.errno, f"cannot serve on {host}:{port}: {e.strerror}; "
+                               f"{hint.get(e.errno, 'check --host and --port')}") from None
+    return sock
+
+
 def serve(classifier: Classifier, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig = ServeConfig(),
-          app: bool = False, log_level: str = "warning") -> None:
+          app: bool = False, log_level: str = "warning", sock=None) -> None:
     """Run the server (:func:`create_app`) with uvicorn until interrupted (Ctrl-C, SIGTERM).
 
     One process: the engine uses every core in each call and the batcher needs all requests
@@ -590,19 +648,26 @@ def serve(classifier: Classifier, host: str = "127.0.0.1", port: int = 8000, con
     8.5-9.3 ms inside the server before). The page's class activation maps run the eager
     model, so ``app=True`` keeps PyTorch's threads.
 
+    Args:
+        sock: a socket from :func:`bind` (then ``host``/``port`` only name it); default:
+            bound here.
+
     Raises:
         ServeDependencyError: the serve extra is missing.
-        OSError: the port is taken (from uvicorn, which exits).
+        OSError: ``host``/``port`` cannot be bound (:func:`bind`).
     """
     _require()
     import uvicorn
 
     from ..deploy import TORCH_ENGINES
 
+    sock = sock if sock is not None else bind(host, port)
     if classifier.engine not in TORCH_ENGINES and not app:
         torch.set_num_threads(1)
-    uvicorn.run(create_app(classifier, config, app=app), host=host, port=port, log_level=log_level,
-                access_log=False, timeout_graceful_shutdown=5)
+    server = uvicorn.Server(uvicorn.Config(create_app(classifier, config, app=app), host=host, port=port,
+                                           log_level=log_level, access_log=False, timeout_graceful_shutdown=5))
+    with sock:
+        server.run(sockets=[sock])
 
 
 def warm_up(classifier: Classifier, sizes: Sequence[int]) -> None:
