@@ -127,3 +127,46 @@ def test_sources_caps_and_bad_arguments(folder, tmp_path):
     rows = read_results(tmp_path / "capped.parquet").to_pydict()
     big = [e for e in rows["error"] if e and "--max-file-mb" in e]
     assert r["images"] == 9 and len(big) >= 6
+
+
+def test_another_model_or_topk_into_the_same_out_is_refused(folder, tmp_path):
+    out = tmp_path / "r.parquet"
+    first = predict_batch(folder / "part0", out, SPEC, topk=5, runner="local", workers=0, progress=False)
+    assert first["images"] == 3
+    parts = sorted(out.iterdir())
+    lite1 = ModelSpec("tf_efficientnet_lite1", pretrained=True, threads=1)
+    with pytest.raises(ValueError, match="model tf_efficientnet_lite0 there, tf_efficientnet_lite1 here"):
+        predict_batch(folder, out, lite1, topk=5, runner="local", workers=0, progress=False)
+    with pytest.raises(ValueError, match="topk 5 there, 3 here"):
+        predict_batch(folder, out, SPEC, topk=3, runner="local", workers=0, progress=False)
+    assert sorted(out.iterdir()) == parts                                       # nothing written by the refusals
+    # another engine is the same function: the run resumes on it
+    onnx = ModelSpec("tf_efficientnet_lite0", pretrained=True, engine="onnx", threads=1)
+    again = predict_batch(folder, out, onnx, topk=5, runner="local", workers=0, progress=False)
+    assert (again["images"], again["skipped"]) == (6, 3)
+
+
+def test_empty_sources_symlinks_and_a_runner_without_ray(folder, tmp_path):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="holds no image"):
+        list_sources(tmp_path / "empty")
+    (tmp_path / "blank.txt").write_text("# nothing\n\n")
+    with pytest.raises(FileNotFoundError, match="names no path"):
+        list_sources(tmp_path / "blank.txt")
+    # rows name the files as listed: two links to one photo are two rows, a dangling link an error row
+    links = tmp_path / "links"
+    links.mkdir()
+    target = sorted((folder / "part0").iterdir())[0]
+    (links / "a.jpg").symlink_to(target)
+    (links / "b.jpg").symlink_to(target)
+    (links / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    assert list_sources(links) == [str(links / "a.jpg"), str(links / "b.jpg"), str(links / "gone.jpg")]
+    r = predict_batch(links, tmp_path / "l.parquet", SPEC, runner="local", workers=0, progress=False)
+    rows = read_results(tmp_path / "l.parquet").to_pydict()
+    assert rows["path"] == [str(links / "a.jpg"), str(links / "b.jpg"), str(links / "gone.jpg")]
+    assert rows["top_indices"][0] == rows["top_indices"][1] != [] and r["errors"] == 1
+    assert "gone.jpg" in rows["error"][2]
+    with pytest.raises(ValueError, match="--runner ray"):
+        predict_batch(folder, tmp_path / "x.parquet", SPEC, runner="local", address="ray://nowhere:10001",
+                      progress=False)
+    assert not (tmp_path / "x.parquet").exists()

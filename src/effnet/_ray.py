@@ -40,6 +40,13 @@ def session(address: Optional[str]) -> Iterator[None]:
 
     A Ray already initialised by the caller is used as it is and left running; one started
     here is shut down on the way out, error or not.
+
+    Security: a local instance's services (GCS, raylet, workers) listen on every interface
+    while it runs, as Ray's gRPC servers do (seen with ``ss -ltn`` on Ray 2.60;
+    ``_node_ip_address="127.0.0.1"`` does not change it). Ray 2.60 turns on its token
+    authentication for a new local instance by default (a token in ``~/.ray/auth_token``,
+    unless ``RAY_AUTH_MODE=disabled``); older Ray accepts any client. On an untrusted network
+    with an older Ray, use the in-process runner (``--runner local``).
     """
     import ray
 

@@ -5,7 +5,7 @@
 ==============  ================  ======================================================
 column          type              meaning
 ==============  ================  ======================================================
-path            string            the file, absolute
+path            string            the file as listed, made absolute (symlinks kept)
 top_indices     list<int32>       the top-k class indices, most probable first
 top_labels      list<string>      their class names
 top_probs       list<float32>     their softmax probabilities
@@ -17,7 +17,10 @@ error           string (null)     why the image could not be classified (then th
 pandas write and read: ``pandas.read_parquet("results.parquet")``). Each part is written
 atomically as results stream in, so a run stopped at any point keeps what it wrote, and a
 run with the same ``out`` skips every path already in it (errors included: they are
-results).
+results). Each part records the model, weights and top-k it was written with (Parquet
+schema metadata, ``effnet.*`` keys): a run with another model or top-k into the same
+``out`` is refused, naming the difference. The engine is not part of that: engines compute
+the same function, so a run may resume on a faster one.
 
 With Ray (``pip install 'effnet[batch]'``): a dataset of paths (``ray.data.from_items``) and
 ``map_batches`` over a pool of actors, each of which builds the model and its engine once and
@@ -104,8 +107,13 @@ class ModelSpec:
         return Classifier(load_model(self.model, self.weights, self.pretrained), self.engine, name=self.model)
 
 
+def _absolute(path: Union[str, os.PathLike]) -> str:
+    """``path`` made absolute and normalised, symlinks kept: rows carry the names the user listed."""
+    return os.path.abspath(os.path.expanduser(os.fspath(path)))
+
+
 def list_sources(source: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]) -> List[str]:
-    """The image files a SOURCE names, absolute, sorted, without duplicates.
+    """The image files a SOURCE names, absolute (symlinks kept, not resolved), sorted, without duplicates.
 
     Args:
         source: a folder (searched recursively for :data:`effnet.data.IMAGE_EXTENSIONS`), a
@@ -114,7 +122,8 @@ def list_sources(source: Union[str, os.PathLike, Sequence[Union[str, os.PathLike
             the list's folder), an image file, or a sequence of any of these.
 
     Raises:
-        FileNotFoundError: a folder, list or file that does not exist, or a glob matching nothing.
+        FileNotFoundError: a folder, list or file that does not exist, a folder with no image,
+            a list with no path, or a glob matching nothing.
     """
     if isinstance(source, (list, tuple)):
         return sorted({p for s in source for p in list_sources(s)})
@@ -124,9 +133,13 @@ def list_sources(source: Union[str, os.PathLike, Sequence[Union[str, os.PathLike
         found = [f for f in glob.glob(text, recursive=True) if Path(f).is_file()]
         if not found:
             raise FileNotFoundError(f"the glob {text!r} matches no file")
-        return sorted({str(Path(f).resolve()) for f in found})
+        return sorted({_absolute(f) for f in found})
     if p.is_dir():
-        return [str(f.resolve()) for f in list_images(p)]
+        files = sorted({_absolute(f) for f in list_images(p)})
+        if not files:
+            raise FileNotFoundError(f"the folder {text} holds no image (searched recursively for "
+                                    f"{', '.join(IMAGE_EXTENSIONS)})")
+        return files
     if p.is_file() and p.suffix.lower() in (".txt", ".lst"):
         files = set()
         with open(p, encoding="utf-8") as f:
@@ -134,10 +147,13 @@ def list_sources(source: Union[str, os.PathLike, Sequence[Union[str, os.PathLike
                 line = line.strip()
                 if line and not line.startswith("#"):
                     q = Path(line).expanduser()
-                    files.add(str((q if q.is_absolute() else p.parent / q).resolve()))
+                    files.add(_absolute(q if q.is_absolute() else p.parent / q))
+        if not files:
+            raise FileNotFoundError(f"the list {text} names no path (one path per line; blank lines and # comments "
+                                    f"are skipped)")
         return sorted(files)
     if p.is_file():
-        return [str(p.resolve())]
+        return [_absolute(p)]
     raise FileNotFoundError(f"{text} is not a folder, an image file, a .txt list of paths or a glob that matches; "
                             f"folders are searched for {', '.join(IMAGE_EXTENSIONS)}")
 
@@ -167,11 +183,31 @@ def _parts(out: Path) -> List[Path]:
     return sorted(out.glob("part-*.parquet"))
 
 
-def _done(out: Path) -> set:
+def _identity(spec: "ModelSpec", topk: int) -> dict:
+    """What a run's rows depend on, as Parquet schema metadata (str -> str)."""
+    weights = _absolute(spec.weights) if spec.weights else None
+    return {"effnet.model": str(spec.model), "effnet.weights": str(weights),
+            "effnet.pretrained": str(spec.pretrained), "effnet.topk": str(topk)}
+
+
+def _done(out: Path, identity: dict) -> set:
+    """The paths already in ``out``'s parts.
+
+    Raises:
+        ValueError: a part was written with another model, weights or top-k (parts of
+            effnet versions before these keys are not checked).
+    """
     import pyarrow.parquet as pq
 
     done = set()
     for f in _parts(out):
+        meta = {k.decode(): v.decode() for k, v in (pq.read_schema(f).metadata or {}).items()
+                if k.startswith(b"effnet.")}
+        differ = [f"{k[len('effnet.'):]} {meta[k]} there, {v} here" for k, v in identity.items()
+                  if k in meta and meta[k] != v]
+        if differ:
+            raise ValueError(f"--out {out} holds results of another run ({'; '.join(differ)}): give another --out, "
+                             f"or remove it to start over")
         done.update(pq.read_table(f, columns=["path"]).column("path").to_pylist())
     return done
 
@@ -257,20 +293,21 @@ def _collate(items):
 class _Writer:
     """Writes part files atomically into ``out`` and reports progress (tqdm: count and images/s)."""
 
-    def __init__(self, out: Path, total: int, progress: bool) -> None:
+    def __init__(self, out: Path, total: int, progress: bool, identity: dict) -> None:
         from tqdm import tqdm
 
         self.out, self.run = out, f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        self.identity = {k.encode(): v.encode() for k, v in identity.items()}
         self.n = self.images = self.errors = 0
         self.bar = tqdm(total=total, unit="img", disable=not progress, desc="predict-batch", dynamic_ncols=True)
-        out.mkdir(parents=True, exist_ok=True)
 
     def write(self, table) -> None:
         import pyarrow.parquet as pq
 
         if table.num_rows == 0:
             return
-        table = table.cast(_schema())
+        table = table.cast(_schema()).replace_schema_metadata(self.identity)
+        self.out.mkdir(parents=True, exist_ok=True)          # on the first rows: a failed start leaves nothing
         path = self.out / f"part-{self.run}-{self.n:05d}.parquet"
         atomic_write(path, lambda tmp: pq.write_table(table, tmp), suffix=".parquet")
         self.n += 1
@@ -311,18 +348,23 @@ def predict_batch(source, out: Union[str, os.PathLike], spec: ModelSpec, topk: i
 
     Raises:
         FileNotFoundError: SOURCE names nothing (:func:`list_sources`).
-        ValueError: bad arguments; ``out`` is a file; ``runner="ray"`` without Ray installed.
+        ValueError: bad arguments; ``out`` is a file or holds another model's or top-k's
+            results; ``runner="ray"`` without Ray installed; ``address`` without the Ray runner.
         TypeError: a count or size of the wrong type.
     """
     for name, value in (("topk", topk), ("batch_size", batch_size), ("actors", actors), ("chunk", chunk)):
         check_int(name, value, minimum=1)
     cap = int(check_float("max_file_mb", max_file_mb, low=0, low_open=True) * (1 << 20))
     runner = _ray.resolve_runner(runner, "ray.data", "Ray Data", "batch")
+    if address is not None and runner != "ray":
+        raise ValueError(f"--address {address} names a Ray cluster, but the runner is {runner!r}: use --runner ray "
+                         f"(pip install 'effnet[batch]'), or drop --address")
     out = Path(out)
     files = list_sources(source)
-    done = _done(out)
+    identity = _identity(spec, topk)
+    done = _done(out, identity)
     todo = [f for f in files if f not in done]
-    writer = _Writer(out, len(todo), progress)
+    writer = _Writer(out, len(todo), progress, identity)
     t0 = time.perf_counter()
     try:
         if todo:
