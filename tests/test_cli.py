@@ -32,7 +32,8 @@ def test_info_lists_scaled_stages(capsys):
 
 def test_unknown_model_suggests(capsys):
     assert main(["info", "efficientnet_b10"]) == 2
-    assert "Did you mean" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "Did you mean" in err and "`effnet models`" in err
 
 
 def test_predict_reports_and_skips_bad_files(tmp_path, data, capsys):
@@ -178,3 +179,22 @@ def test_info_refuses_non_finite_or_non_positive_coefficients(argv, capsys):
         main(argv)
     assert e.value.code == 2
     assert "argument --" in capsys.readouterr().err
+
+
+def test_pretrained_followed_by_photos_is_the_flag_not_a_tag(data, capsys):
+    from effnet.cli import _pretrained_before_a_path
+
+    images = data / "imagenet-samples" / "images"
+    fish, shark = str(images / "n01443537_goldfish.JPEG"), str(images / "n01484850_great_white_shark.JPEG")
+    assert main(["predict", "--model", "tf_efficientnet_lite0", "--pretrained", fish, shark, "--topk", "1",
+                 "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [r["file"] for r in results] == [fish, shark]                 # both photos, in order
+    assert results[0]["top"][0]["name"].startswith("goldfish")
+    # a tag stays a tag; a path-looking token is never one
+    assert _pretrained_before_a_path(["predict", "--pretrained", "timm", "a.jpg"]) == \
+        ["predict", "--pretrained", "timm", "a.jpg"]
+    assert _pretrained_before_a_path(["predict", "--pretrained", "photos/", "--topk", "1"]) == \
+        ["predict", "photos/", "--topk", "1", "--pretrained"]
+    assert _pretrained_before_a_path(["predict-batch", "--pretrained", "list.txt"]) == \
+        ["predict-batch", "list.txt", "--pretrained"]

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 __all__ = ["main"]
 
@@ -1075,14 +1076,37 @@ def _exit_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, stop)
 
 
+def _pretrained_before_a_path(argv: Sequence[str]) -> List[str]:
+    """``argv`` with a bare ``--pretrained`` moved to the end when a path follows it.
+
+    ``--pretrained`` takes an optional tag (``--pretrained timm``), so argparse would read
+    ``effnet predict --model M --pretrained photo.jpg`` as the tag ``photo.jpg``. A token that
+    names an existing file, has a path separator or glob character, or ends in an image or
+    list extension is never a tag; moved to the end, the flag keeps its default tag and the
+    paths their order.
+    """
+    from .data import IMAGE_EXTENSIONS
+
+    argv = list(argv)
+    for i, token in enumerate(argv[:-1]):
+        after = argv[i + 1]
+        if token != "--pretrained" or after.startswith("-"):
+            continue
+        if (os.path.exists(after) or any(c in after for c in "/\\*?[")
+                or os.path.splitext(after)[1].lower() in (*IMAGE_EXTENSIONS, ".txt", ".lst")):
+            return argv[:i] + argv[i + 1:] + ["--pretrained"]
+    return argv
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``effnet`` console script; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_pretrained_before_a_path(sys.argv[1:] if argv is None else argv))
     _exit_on_sigterm()
     try:
         return args.func(args)
     except KeyError as e:  # unknown model names carry their suggestion in the message
-        print(f"error: {e.args[0]}", file=sys.stderr)
+        message = str(e.args[0])
+        print(f"error: {message.replace('effnet.list_models()', '`effnet models`')}", file=sys.stderr)
         return 2
     except (OSError, ValueError, RuntimeError, ImportError, TypeError, FloatingPointError) as e:
         # bad files, downloads, weights, extras, arguments, a diverging run: one line, exit 1
