@@ -165,14 +165,15 @@ def test_ray_starts_the_costliest_trials_first(proxy, tmp_path, monkeypatch):
     """Longest-processing-time first: Ray gets the pending trials in decreasing MACs, and the
     rows still come back in the order asked."""
     seen = []
-    monkeypatch.setattr(S, "_run_ray", lambda trials, *a, **k: seen.extend(trials))
+    monkeypatch.setattr(S, "_run_ray", lambda trials, *a, **k: seen.extend(trials) or {})
     trials = S.sweep_trials("efficientnet_b0", 32, dims=("width", "resolution"),
                             values={"width": [1.0, 1.8], "resolution": [1.0, 2.0]})
     settings = S.TrialSettings(model="efficientnet_b0", data=str(proxy), epochs=1, image_size=32)
     rows, trained = S.run_trials(trials, settings, tmp_path / "s", runner="ray", log=lambda s: None)
     macs = [S.trial_macs("efficientnet_b0", t, 2) for t in seen]
-    assert len(seen) == trained == 3 and macs == sorted(macs, reverse=True) and len(set(macs)) == 3
+    assert len(seen) == 3 and macs == sorted(macs, reverse=True) and len(set(macs)) == 3
     assert [r["trial"] for r in rows] == [t.name for t in trials]
+    assert trained == 0 and {r["status"] for r in rows} == {"not run"}     # the stand-in trained nothing
 
 
 def test_sweep_two_points(proxy, tmp_path):
@@ -208,6 +209,15 @@ def test_bad_searches_are_refused(proxy, tmp_path):
     err = _fail(base + ["--data", str(proxy), "--out", str(tmp_path / "c"), "--budget-minutes", "0.00001"],
                 proxy, tmp_path)
     assert "cannot finish one epoch" in err and not list((tmp_path / "c").glob("trials/*/last.pt"))
+    assert not (tmp_path / "c" / "study.json").exists()          # a refused run records no study
+
+    err = _fail(base + ["--data", str(proxy), "--out", str(tmp_path / "e"), "--image-size", "16"], proxy, tmp_path)
+    assert "below efficientnet_b0's total stride of 32 px" in err and not (tmp_path / "e").exists()
+
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "study.json").write_text("[]")
+    err = _fail(base + ["--data", str(proxy), "--out", str(tmp_path / "f")], proxy, tmp_path)
+    assert "is not an effnet study" in err
 
     out = tmp_path / "d"
     out.mkdir()
@@ -216,3 +226,37 @@ def test_bad_searches_are_refused(proxy, tmp_path):
                                                          "gamma": [1.0, 1.3, 0.05]}}))
     err = _fail(base + ["--data", str(proxy), "--out", str(out)], proxy, tmp_path)
     assert "holds another search's results" in err and "grid:" in err and "[1.0, 1.2, 0.1]" in err
+
+
+def test_failed_trials_are_rows_not_the_end_of_the_search(proxy, tmp_path, monkeypatch):
+    from effnet.train.loop import NonFiniteLossError
+
+    trials = S.search_trials(32, max_trials=2)
+    settings = S.TrialSettings(model="efficientnet_b0", data=str(proxy), epochs=1, image_size=32, batch_size=4)
+    real_fit = S.fit
+
+    def first_diverges(net, *args, **kwargs):          # what fit raises when a trial's loss turns NaN
+        if kwargs["out"].name == trials[0].name:
+            raise NonFiniteLossError("training stopped: the loss is nan at step 1")
+        return real_fit(net, *args, **kwargs)
+
+    monkeypatch.setattr(S, "fit", first_diverges)
+    rows, trained = S.run_trials(trials, settings, tmp_path / "s", runner="local", cpus_per_trial=1,
+                                 log=lambda s: None)
+    assert trained == 1 and [r["trial"] for r in rows] == [t.name for t in trials]
+    assert rows[0]["status"] == "failed: NonFiniteLossError: training stopped: the loss is nan at step 1"
+    assert rows[1]["status"] == "done" and rows[1]["top1"] is not None
+    assert [p.parent.name for p in (tmp_path / "s").glob("trials/*/result.json")] == [trials[1].name]
+    monkeypatch.setattr(S, "fit", real_fit)
+    # a local Ray instance cannot grow: asking for more than the machine has is refused, not waited on
+    with pytest.raises(ValueError, match="Ray would wait for ever"):
+        S.run_trials(trials, settings, tmp_path / "r", runner="ray", cpus_per_trial=(os.cpu_count() or 1) + 1)
+    with pytest.raises(ValueError, match="GPU"):
+        S.run_trials(trials, settings, tmp_path / "r", runner="ray", cpus_per_trial=1, gpus_per_trial=64)
+    # a damaged result file is named, not a traceback
+    bad = tmp_path / "s" / "trials" / trials[0].name / "result.json"
+    bad.parent.mkdir(parents=True, exist_ok=True)
+    for text in ("garbage", "{}"):
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=f"{bad}.*delete its trial folder"):
+            S.run_trials(trials, settings, tmp_path / "s", runner="local", cpus_per_trial=1, log=lambda s: None)

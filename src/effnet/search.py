@@ -238,6 +238,26 @@ def _row(trial: Trial, settings: TrialSettings, num_classes: int) -> dict:
             "macs": trial_macs(settings.model, trial, num_classes)}
 
 
+_MEASURED = ("params", "top1", "top5", "latency_ms", "seconds", "status")
+
+
+def _read_result(path: Path) -> dict:
+    """A finished trial's ``result.json`` (:data:`_MEASURED` keys).
+
+    Raises:
+        ValueError: not JSON, or not an object with those keys; the message names the file.
+    """
+    try:
+        r = json.loads(path.read_text())
+    except ValueError as e:
+        r, why = None, f"not JSON ({e})"
+    else:
+        why = "not a trial result (an object with " + ", ".join(_MEASURED) + ")"
+    if not isinstance(r, dict) or any(k not in r for k in _MEASURED):
+        raise ValueError(f"{path} is {why}: delete its trial folder ({path.parent}) to train that trial again")
+    return {k: r[k] for k in _MEASURED}
+
+
 def run_trial(trial: Trial, settings: TrialSettings, out: Union[str, Path], threads: Optional[int] = None) -> dict:
     """Train one trial (or resume it, or read its finished result) and measure it.
 
@@ -258,7 +278,7 @@ def run_trial(trial: Trial, settings: TrialSettings, out: Union[str, Path], thre
     classes = check_data(settings.data)
     row = _row(trial, settings, len(classes))
     if result_file.is_file():
-        return {**row, **json.loads(result_file.read_text())}
+        return {**row, **_read_result(result_file)}
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -274,14 +294,14 @@ def run_trial(trial: Trial, settings: TrialSettings, out: Union[str, Path], thre
         row.update(params=sum(p.numel() for p in r.model.parameters()), top1=round(last["val_top1"], 4),
                    top5=round(last["val_top5"], 4), latency_ms=round(_latency_ms(r.model, trial.resolution), 3),
                    status="done")
-    except (ValueError, RuntimeError, OSError) as e:     # a diverged or impossible trial: report it
+    except Exception as e:     # diverged (FloatingPointError), impossible, out of memory...: report, go on
         row.update(params=None, top1=None, top5=None, latency_ms=None,
                    status=f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
     finally:
         torch.set_num_threads(previous)
     row["seconds"] = round(time.perf_counter() - start, 2)
     if row["status"] == "done":
-        measured = {k: row[k] for k in ("params", "top1", "top5", "latency_ms", "seconds", "status")}
+        measured = {k: row[k] for k in _MEASURED}
         atomic_write(result_file, json.dumps(measured, indent=1).encode())
     return row
 
@@ -295,7 +315,8 @@ def _ray_trainable(config: dict) -> None:
 
 
 def _run_ray(trials: list[Trial], settings: TrialSettings, out: Path, address: Optional[str], cpus_per_trial: int,
-             gpus_per_trial: float, time_budget_s: Optional[float]) -> None:
+             gpus_per_trial: float, time_budget_s: Optional[float]) -> dict:
+    """Run ``trials`` on Ray Tune; ``{trial name: "failed: ..."}`` for those of this run that failed."""
     from ray import tune
 
     with _ray.session(address):
@@ -308,7 +329,16 @@ def _run_ray(trials: list[Trial], settings: TrialSettings, out: Path, address: O
                            tune_config=tune.TuneConfig(reuse_actors=True,
                                                        time_budget_s=time_budget_s),
                            run_config=tune.RunConfig(storage_path=str(out / "ray"), name="trials", verbose=0))
-        tuner.fit()
+        failures = {}
+        for result in tuner.fit():
+            name = Trial(**result.config["trial"]).name
+            status = str((result.metrics or {}).get("status", ""))
+            if status.startswith("failed"):
+                failures[name] = status
+            elif result.error is not None and not status:
+                first = (str(result.error).strip().splitlines() or [""])[-1]
+                failures[name] = f"failed: {type(result.error).__name__}: {first}"
+        return failures
 
 
 def ray_available() -> bool:
@@ -319,7 +349,7 @@ def ray_available() -> bool:
 def run_trials(trials: Sequence[Trial], settings: TrialSettings, out: Union[str, Path], runner: str = "auto",
                address: Optional[str] = None, cpus_per_trial: Optional[int] = None, gpus_per_trial: float = 0,
                trials_per_node: Optional[int] = None, time_budget_s: Optional[float] = None,
-               log: Callable[[str], None] = print) -> tuple[list[dict], int]:
+               log: Callable[[str], None] = print, before: Optional[Callable[[], None]] = None) -> tuple[list[dict], int]:
     """Run every trial not yet finished in ``out`` and return all their rows, in order.
 
     Args:
@@ -334,13 +364,17 @@ def run_trials(trials: Sequence[Trial], settings: TrialSettings, out: Union[str,
             finishes, on Ray (``TuneConfig.time_budget_s``) running trials are stopped too and
             resume from their ``last.pt`` next time. Refused up front when one epoch of the
             largest pending trial is estimated (:func:`epoch_seconds`) to take longer.
+        before: called once every check has passed, before any training (the study
+            records its settings there, so that a refused run leaves nothing behind).
 
     Returns:
         ``(rows, trained)``: one :data:`TRIAL_COLUMNS` dict per trial (a trial not started
-        within the budget has status ``not run``) and how many were trained now.
+        within the budget has status ``not run``; one that failed in this run ``failed: ...``)
+        and how many networks finished training now.
 
     Raises:
-        ValueError: an unknown runner, or ``ray`` asked for but not installed.
+        ValueError: an unknown runner, ``ray`` asked for but not installed, more CPUs or
+            GPUs per trial than a local Ray instance has, a budget too small for one epoch.
     """
     out = Path(out).resolve()          # Ray runs each trial in a folder of its own: paths must be absolute
     runner = _ray.resolve_runner(runner, "ray.tune", "Ray Tune", "search")
@@ -349,6 +383,13 @@ def run_trials(trials: Sequence[Trial], settings: TrialSettings, out: Union[str,
         cpus_per_trial = max(1, cores // trials_per_node) if (runner == "ray" and trials_per_node) else (
             1 if runner == "ray" else cores)
     cpus_per_trial = check_int("cpus_per_trial", cpus_per_trial, 1)
+    gpus_per_trial = check_float("gpus_per_trial", gpus_per_trial, 0.0)
+    if runner == "ray" and not address:         # a local instance has this machine's resources: never wait for more
+        gpus = torch.cuda.device_count()
+        if cpus_per_trial > cores or gpus_per_trial > gpus:
+            raise ValueError(f"a trial asks for {cpus_per_trial} CPU(s) and {gpus_per_trial:g} GPU(s); this machine "
+                             f"has {cores} and {gpus}, so Ray would wait for ever: lower --cpus-per-trial / "
+                             f"--gpus-per-trial, or join a cluster that has them (--address)")
     if time_budget_s is not None:
         time_budget_s = check_float("time_budget_s", time_budget_s, 0.0, low_open=True)
         parallel = max(1, (os.cpu_count() or 1) // cpus_per_trial) if runner == "ray" and not address else 1
@@ -358,12 +399,15 @@ def run_trials(trials: Sequence[Trial], settings: TrialSettings, out: Union[str,
     log(f"{networks - len(pending)} of {networks} networks already trained; training {len(pending)} "
         f"({runner}, {cpus_per_trial} CPU(s) per trial)")
     num_classes = len(check_data(settings.data))
+    if before is not None:
+        before()
+    failures = {}
     if pending and runner == "ray":
         # Longest first (LPT): a trial costs about its MACs per image (same images, epochs
         # and batch for all), and starting the big ones first leaves the short ones to
         # fill the slots at the end, instead of one long trial running alone on one core.
         pending.sort(key=lambda t: trial_macs(settings.model, t, num_classes), reverse=True)
-        _run_ray(pending, settings, out, address, cpus_per_trial, gpus_per_trial, time_budget_s)
+        failures = _run_ray(pending, settings, out, address, cpus_per_trial, gpus_per_trial, time_budget_s)
     fresh = {}
     start = time.perf_counter()
     for t in pending if runner == "local" else ():
@@ -375,26 +419,14 @@ def run_trials(trials: Sequence[Trial], settings: TrialSettings, out: Union[str,
     for t in trials:
         row, done = _row(t, settings, num_classes), out / "trials" / t.name / RESULT_FILE
         if done.is_file():
-            row.update(json.loads(done.read_text()))
+            row.update(_read_result(done))
         elif t.name in fresh:
-            row.update({k: fresh[t.name][k] for k in ("params", "top1", "top5", "latency_ms", "seconds", "status")})
+            row.update({k: fresh[t.name][k] for k in _MEASURED})
         else:
-            row["status"] = _failure(out, t) or "not run"
+            row["status"] = failures.get(t.name, "not run")
         rows.append(row)
-    return rows, len(pending)
-
-
-def _failure(out: Path, trial: Trial) -> Optional[str]:
-    """The failure a trial's Ray result recorded, if any (the local runner keeps it in the row)."""
-    for f in (out / "ray").glob("trials/*/result.json") if (out / "ray").is_dir() else ():
-        try:
-            for line in f.read_text().splitlines():
-                r = json.loads(line)
-                if r.get("trial") == trial.name and str(r.get("status", "")).startswith("failed"):
-                    return r["status"]
-        except (OSError, ValueError):
-            continue
-    return None
+    trained = sum((out / "trials" / t.name / RESULT_FILE).is_file() for t in pending)
+    return rows, trained
 
 
 def _train_images(data: Path) -> int:
@@ -448,8 +480,8 @@ def _check_budget(trials: Sequence[Trial], settings: TrialSettings, out: Path, b
     largest = max(pending, key=lambda t: cost[t.name])
     epoch = epoch_seconds(largest, settings, threads)
     if epoch > budget_s:
-        raise ValueError(f"the time budget of {budget_s:.0f} s cannot finish one epoch of the largest trial "
-                         f"{largest.name} ({cost[largest.name] / 1e6:.0f}M MACs): about {epoch:.0f} s per epoch "
+        raise ValueError(f"the time budget of {budget_s:.3g} s cannot finish one epoch of the largest trial "
+                         f"{largest.name} ({cost[largest.name] / 1e6:.0f}M MACs): about {epoch:.3g} s per epoch "
                          f"here; raise the budget, or lower --image-size or the grid/sweep's largest point")
     total = sum(settings.epochs * epoch * cost[t.name] / cost[largest.name] for t in pending) / max(1, parallel)
     if total > budget_s:
@@ -460,12 +492,15 @@ def _check_budget(trials: Sequence[Trial], settings: TrialSettings, out: Path, b
 
 # ----------------------------------------------------------------------------- a study
 
-def _check_study(out: Path, study: dict) -> None:
-    """Write ``out/study.json``, or refuse when ``out`` holds a study asked differently.
+def _check_study(out: Path, study: dict) -> Callable[[], None]:
+    """Refuse when ``out`` holds a study asked differently; else a function that writes
+    ``out/study.json`` (called by :func:`run_trials` once its checks pass, so a refused
+    run leaves no study behind).
 
     Raises:
         ValueError: ``out`` already holds a search or sweep whose settings differ from
-            ``study``; the message names every differing setting with both values.
+            ``study`` (the message names every differing setting with both values), or a
+            ``study.json`` that is not a JSON object.
     """
     path = out / STUDY_FILE
     if path.is_file():
@@ -473,14 +508,20 @@ def _check_study(out: Path, study: dict) -> None:
             old = json.loads(path.read_text())
         except ValueError as e:
             raise ValueError(f"{path} is not readable JSON ({e}); use another --out, or delete the folder") from e
+        if not isinstance(old, dict):
+            raise ValueError(f"{path} is not an effnet study (a JSON object of settings); use another --out, or "
+                             f"delete the folder")
         diff = [f"{k}: {old.get(k)!r} there, {study.get(k)!r} now" for k in sorted(set(old) | set(study))
                 if old.get(k) != study.get(k)]
         if diff:
             raise ValueError(f"{out} holds another {old.get('kind', 'study')}'s results, asked differently ("
                              + "; ".join(diff) + "); use another --out, or the same settings to continue it")
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, json.dumps(study, indent=1).encode())
+        return lambda: None
+
+    def write() -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, json.dumps(study, indent=1).encode())
+    return write
 
 
 def objective_scores(rows: Sequence[dict], objective: str = "top1", w: float = -0.07) -> list[Optional[float]]:
@@ -524,6 +565,10 @@ def _settings(model: str, data, epochs: int, image_size: Optional[int], batch_si
     """
     cfg = get_config(model)
     get_recipe(recipe)
+    stride = cfg.network.stride
+    if image_size is not None and check_int("image_size", image_size, 1) < stride:
+        raise ValueError(f"--image-size {image_size} px is below {model}'s total stride of {stride} px (its last "
+                         f"stage would see less than one pixel): use at least {stride}, e.g. 32-128 for a small proxy")
     data = Path(data).resolve()
     if not data.is_dir():
         raise FileNotFoundError(f"data folder not found: {data}")
@@ -575,10 +620,10 @@ def search(model: str, data, out, epochs: int = 10, image_size: Optional[int] = 
     trials = search_trials(settings.image_size, alpha, beta, gamma, target, tolerance, max_trials)
     objective_scores([], objective)
     out = Path(out)
-    _check_study(out, {"kind": "search", **dataclasses.asdict(settings),
-                       "grid": {"alpha": list(alpha), "beta": list(beta), "gamma": list(gamma)},
-                       "target": target, "tolerance": tolerance})
-    rows, trained = run_trials(trials, settings, out, **runner)
+    record = _check_study(out, {"kind": "search", **dataclasses.asdict(settings),
+                                "grid": {"alpha": list(alpha), "beta": list(beta), "gamma": list(gamma)},
+                                "target": target, "tolerance": tolerance})
+    rows, trained = run_trials(trials, settings, out, before=record, **runner)
     return _finish(rows, trained, out, ranked=True, objective=objective)
 
 
@@ -599,8 +644,8 @@ def sweep(model: str, data, out, dims: Sequence[str] = ("width", "depth", "resol
     trials = sweep_trials(model, settings.image_size, dims, values, width_at, max_macs,
                           len(check_data(settings.data)))
     out = Path(out)
-    _check_study(out, {"kind": "sweep", **dataclasses.asdict(settings), "dims": list(dims),
-                       "values": {k: list(v) for k, v in sorted((values or {}).items())},
-                       "width_at": [list(p) for p in width_at]})
-    rows, trained = run_trials(trials, settings, out, **runner)
+    record = _check_study(out, {"kind": "sweep", **dataclasses.asdict(settings), "dims": list(dims),
+                                "values": {k: list(v) for k, v in sorted((values or {}).items())},
+                                "width_at": [list(p) for p in width_at]})
+    rows, trained = run_trials(trials, settings, out, before=record, **runner)
     return _finish(rows, trained, out, ranked=False)
