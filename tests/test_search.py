@@ -92,6 +92,16 @@ def _check_study(out, image, kind):
     return rows
 
 
+def _counted_macs(net, size: int) -> int:
+    """MACs of one (1, 3, size, size) image by torch.utils.flop_counter (FLOPs / 2)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(torch.zeros(1, 3, size, size))
+    return counter.get_total_flops() // 2
+
+
 def test_search_in_process_writes_trials_and_plot(proxy, tmp_path):
     out = tmp_path / "search"
     cmd = EFFNET + ["search", "--model", "efficientnet_b0", "--data", str(proxy), "--out", str(out), "--runner",
@@ -105,6 +115,14 @@ def test_search_in_process_writes_trials_and_plot(proxy, tmp_path):
         assert float(row["flops_factor"]) == pytest.approx(flops_factor(float(row["alpha"]), float(row["beta"]),
                                                                         float(row["gamma"])))
         assert int(row["resolution"]) % 8 == 0
+        # the trained network's real cost over the baseline, counted by torch's FLOP counter
+        base = S.create_model("efficientnet_b0", num_classes=2).eval()
+        net = S.create_model("efficientnet_b0", num_classes=2, scaling=S.Trial(**{
+            "name": row["trial"], "dim": "search", "width": float(row["width"]), "depth": float(row["depth"]),
+            "resolution": int(row["resolution"])}).scaling).eval()
+        assert float(row["macs_factor"]) == pytest.approx(
+            _counted_macs(net, int(row["resolution"])) / _counted_macs(base, 32), abs=1e-4)
+    assert "note: Eq. 3's alpha * beta^2 * gamma^2 = 2 +/- 0.1 is nominal" in r.stdout
     assert [float(x["score"]) for x in rows] == sorted((float(x["score"]) for x in rows), reverse=True)
     assert "winner: alpha=" in r.stdout and "the paper's (1.2, 1.1, 1.15) ranks" in r.stdout
     # a second run trains nothing and gives the same table

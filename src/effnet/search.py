@@ -44,8 +44,11 @@ __all__ = ["TRIAL_COLUMNS", "SWEEP_DEFAULTS", "Trial", "TrialSettings", "StudyRe
            "run_trials", "run_trial", "objective_scores"]
 
 # One row per trial in OUT/trials.csv.
+# flops_factor is Eq. 3's alpha * beta^2 * gamma^2 as asked; macs_factor what the trained network
+# really costs over the baseline, after round_repeats (ceil), round_filters (multiples of 8) and
+# the resolution's rounding to a multiple of 8 pixels: at small proxy sizes the two differ.
 TRIAL_COLUMNS = ["trial", "dim", "alpha", "beta", "gamma", "flops_factor", "phi", "depth", "width", "resolution",
-                 "params", "macs", "top1", "top5", "latency_ms", "seconds", "status"]
+                 "params", "macs", "macs_factor", "top1", "top5", "latency_ms", "seconds", "status"]
 
 # The points of paper Fig. 3 (width w, depth d, resolution r multipliers of B0) and compound
 # phi 0..4 (Fig. 8 compares scaled models up to about 16x the baseline's FLOPs).
@@ -229,13 +232,19 @@ def _latency_ms(model: torch.nn.Module, resolution: int, repeats: int = 10) -> f
     return statistics.median(times)
 
 
+def baseline_macs(model: str, image_size: int, num_classes: int = 1000) -> int:
+    """MACs per image of the unscaled ``model`` at ``image_size`` pixels (:func:`trial_macs`)."""
+    return trial_macs(model, Trial("baseline", "baseline", 1.0, 1.0, image_size), num_classes)
+
+
 def _row(trial: Trial, settings: TrialSettings, num_classes: int) -> dict:
+    macs = trial_macs(settings.model, trial, num_classes)
     return {"trial": trial.name, "dim": trial.dim, "alpha": trial.alpha, "beta": trial.beta, "gamma": trial.gamma,
             "flops_factor": (round(flops_factor(trial.alpha, trial.beta, trial.gamma), 6)
                              if trial.alpha is not None else None),
             "phi": trial.phi if trial.phi is not None else (1.0 if trial.dim == "search" else None),
-            "depth": trial.depth, "width": trial.width, "resolution": trial.resolution,
-            "macs": trial_macs(settings.model, trial, num_classes)}
+            "depth": trial.depth, "width": trial.width, "resolution": trial.resolution, "macs": macs,
+            "macs_factor": round(macs / baseline_macs(settings.model, settings.image_size, num_classes), 4)}
 
 
 _MEASURED = ("params", "top1", "top5", "latency_ms", "seconds", "status")
@@ -619,6 +628,15 @@ def search(model: str, data, out, epochs: int = 10, image_size: Optional[int] = 
     settings = _settings(model, data, epochs, image_size, batch_size, recipe, seed, lr, workers)
     trials = search_trials(settings.image_size, alpha, beta, gamma, target, tolerance, max_trials)
     objective_scores([], objective)
+    num_classes = len(check_data(settings.data))
+    base = baseline_macs(model, settings.image_size, num_classes)
+    real = [trial_macs(model, t, num_classes) / base for t in trials]
+    if min(real) < target - tolerance or max(real) > target + tolerance:
+        runner.get("log", print)(
+            f"note: Eq. 3's alpha * beta^2 * gamma^2 = {target:g} +/- {tolerance:g} is nominal; in whole repeats "
+            f"(ceil, the official round_repeats), channels and pixels in multiples of 8 at {settings.image_size} px, "
+            f"the {len(trials)} candidates build {len({t.name for t in trials})} networks costing {min(real):.2f}-"
+            f"{max(real):.2f}x the baseline's MACs (trials.csv: macs_factor)")
     out = Path(out)
     record = _check_study(out, {"kind": "search", **dataclasses.asdict(settings),
                                 "grid": {"alpha": list(alpha), "beta": list(beta), "gamma": list(gamma)},
