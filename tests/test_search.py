@@ -152,6 +152,8 @@ def test_killed_search_trains_only_the_rest(proxy, tmp_path):
     proc.wait()
     assert first is not None and second is not None, "the search did not reach its second trial"
     assert not (second / "result.json").exists()
+    partial = {r["trial"]: r["status"] for r in csv_rows(out / "trials.csv")}     # the table so far survives
+    assert len(partial) == 3 and partial[first.parent.name] == "done" and partial[second.name] == "not run"
     before = first.read_bytes(), first.stat().st_mtime_ns, (first.parent / "metrics.csv").read_bytes()
 
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)

@@ -358,7 +358,8 @@ def ray_available() -> bool:
 def run_trials(trials: Sequence[Trial], settings: TrialSettings, out: Union[str, Path], runner: str = "auto",
                address: Optional[str] = None, cpus_per_trial: Optional[int] = None, gpus_per_trial: float = 0,
                trials_per_node: Optional[int] = None, time_budget_s: Optional[float] = None,
-               log: Callable[[str], None] = print, before: Optional[Callable[[], None]] = None) -> tuple[list[dict], int]:
+               log: Callable[[str], None] = print, before: Optional[Callable[[], None]] = None,
+    partial: Optional[Callable[[list[dict]], None]] = None) -> tuple[list[dict], int]:
     """Run every trial not yet finished in ``out`` and return all their rows, in order.
 
     Args:
@@ -375,6 +376,8 @@ def run_trials(trials: Sequence[Trial], settings: TrialSettings, out: Union[str,
             largest pending trial is estimated (:func:`epoch_seconds`) to take longer.
         before: called once every check has passed, before any training (the study
             records its settings there, so that a refused run leaves nothing behind).
+        partial: called with every trial's row so far after each in-process trial (the study
+            rewrites ``trials.csv``, so a killed search still has its table).
 
     Returns:
         ``(rows, trained)``: one :data:`TRIAL_COLUMNS` dict per trial (a trial not started
@@ -424,6 +427,16 @@ def run_trials(trials: Sequence[Trial], settings: TrialSettings, out: Union[str,
             break
         fresh[t.name] = row = run_trial(t, settings, out, cpus_per_trial)
         log(f"  {t.name}: top-1 {row['top1']}, {row['status']}, {row['seconds']:.0f} s")
+        if partial is not None:
+            partial(_collect(trials, settings, out, num_classes, fresh, failures))
+    rows = _collect(trials, settings, out, num_classes, fresh, failures)
+    trained = sum((out / "trials" / t.name / RESULT_FILE).is_file() for t in pending)
+    return rows, trained
+
+
+def _collect(trials: Sequence[Trial], settings: TrialSettings, out: Path, num_classes: int, fresh: dict,
+             failures: dict) -> list[dict]:
+    """Every trial's row: its result file, this run's row, this run's failure, or ``not run``."""
     rows = []
     for t in trials:
         row, done = _row(t, settings, num_classes), out / "trials" / t.name / RESULT_FILE
@@ -434,8 +447,7 @@ def run_trials(trials: Sequence[Trial], settings: TrialSettings, out: Union[str,
         else:
             row["status"] = failures.get(t.name, "not run")
         rows.append(row)
-    trained = sum((out / "trials" / t.name / RESULT_FILE).is_file() for t in pending)
-    return rows, trained
+    return rows
 
 
 def _train_images(data: Path) -> int:
@@ -590,6 +602,11 @@ def _settings(model: str, data, epochs: int, image_size: Optional[int], batch_si
                          workers=check_int("workers", workers, 0))
 
 
+def _partial_csv(out: Path, objective: str, ranked: bool) -> Callable[[list[dict]], None]:
+    """Rewrite ``out/trials.csv`` with the rows so far (ranked as at the end)."""
+    return lambda rows: _finish([dict(r) for r in rows], 0, out, ranked, objective)
+
+
 def _finish(rows: list, trained: int, out: Path, ranked: bool, objective: str = "top1") -> StudyResult:
     if ranked:
         for r, s in zip(rows, objective_scores(rows, objective)):
@@ -641,7 +658,8 @@ def search(model: str, data, out, epochs: int = 10, image_size: Optional[int] = 
     record = _check_study(out, {"kind": "search", **dataclasses.asdict(settings),
                                 "grid": {"alpha": list(alpha), "beta": list(beta), "gamma": list(gamma)},
                                 "target": target, "tolerance": tolerance})
-    rows, trained = run_trials(trials, settings, out, before=record, **runner)
+    rows, trained = run_trials(trials, settings, out, before=record, partial=_partial_csv(out, objective, True),
+                               **runner)
     return _finish(rows, trained, out, ranked=True, objective=objective)
 
 
@@ -665,5 +683,6 @@ def sweep(model: str, data, out, dims: Sequence[str] = ("width", "depth", "resol
     record = _check_study(out, {"kind": "sweep", **dataclasses.asdict(settings), "dims": list(dims),
                                 "values": {k: list(v) for k, v in sorted((values or {}).items())},
                                 "width_at": [list(p) for p in width_at]})
-    rows, trained = run_trials(trials, settings, out, before=record, **runner)
+    rows, trained = run_trials(trials, settings, out, before=record, partial=_partial_csv(out, "top1", False),
+                               **runner)
     return _finish(rows, trained, out, ranked=False)
