@@ -195,6 +195,10 @@ def test_serve_arguments_are_checked():
     with pytest.raises(SystemExit) as e:
         main(["serve", *MODEL, "--max-upload-mb", "0"])
     assert e.value.code == 2
+    from effnet.serve.server import MAX_BATCH, ServeConfig
+
+    with pytest.raises(ValueError, match="max_batch"):
+        ServeConfig(max_batch=MAX_BATCH + 1)
 
 
 def test_a_taken_port_or_a_bad_host_fails_before_the_model_loads(monkeypatch, capsys):

@@ -54,6 +54,10 @@ __all__ = ["ServeConfig", "Classifier", "DynamicBatcher", "create_app", "bind", 
 
 MB = 1 << 20
 
+MAX_BATCH = 1024
+"""Largest ``--max-batch``: the server warms the engine up at that batch when it starts
+(a batch of 1024 224-px images is 616 MB of float32 input alone)."""
+
 
 class ServeDependencyError(ImportError):
     """FastAPI, uvicorn, python-multipart or prometheus_client is missing (``pip install 'effnet[serve]'``)."""
@@ -75,7 +79,7 @@ class ServeConfig:
     """Limits and batching of the server.
 
     Attributes:
-        max_batch: most images per engine call (dynamic batching), >= 1.
+        max_batch: most images per engine call (dynamic batching), 1 to :data:`MAX_BATCH`.
         batch_timeout_ms: longest a queued image waits for others to join its batch, in
             milliseconds. The batcher waits only while more requests are being received or
             decoded; a lone request runs at once.
@@ -93,7 +97,8 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         """Raises: TypeError, ValueError: a field of the wrong type or out of range (named)."""
-        for name in ("max_batch", "max_files", "decode_threads"):
+        check_int("max_batch", self.max_batch, minimum=1, maximum=MAX_BATCH)
+        for name in ("max_files", "decode_threads"):
             check_int(name, getattr(self, name), minimum=1)
         check_float("batch_timeout_ms", self.batch_timeout_ms, low=0)
         check_float("max_upload_mb", self.max_upload_mb, low=0, low_open=True)
