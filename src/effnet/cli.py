@@ -561,7 +561,7 @@ def _cmd_cam(args: argparse.Namespace) -> int:
 
     from .analysis import cam
     from .data import CROP_FUNCTIONS, IMAGE_EXTENSIONS, ImageDecodeError, load_image, model_class_names, to_tensor
-    from .plots import plot_cam_grid, plot_cam_rows, upsample_cam
+    from .plots import _png_path, plot_cam_grid, plot_cam_rows, upsample_cam
 
     files = _collect_images(args.inputs)
     if not files:
@@ -570,9 +570,28 @@ def _cmd_cam(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise SystemExit(f"error: --out {out} is a file; give a folder for the PNGs")
+    # every file written gets its own name, never an input's (--out may be the photos' folder):
+    # the grid's (when one is drawn), then <stem>.png per image, <stem>_2.png and on for a name
+    # already taken (x.jpg in two folders, a photo named cam_grid.jpg). Names compare case-folded:
+    # X.png and x.png are one file on macOS and Windows.
+    taken = {_path_key(f) for f in files}
+    if args.figure:
+        try:
+            figure = _png_path(args.figure)
+        except ValueError as e:
+            raise SystemExit(f"error: --figure: {e}") from None
+        if _path_key(figure) in taken:
+            raise SystemExit(f"error: --figure {figure} is one of the input images; give another file name")
+    else:
+        figure, n = out / "cam_grid.png", 2
+        while _path_key(figure) in taken:
+            figure, n = out / f"cam_grid_{n}.png", n + 1
     models = _cam_models(args)
+    draw_grid = bool(args.figure) or len(files) > 1 or len(models) > 1
+    if draw_grid:
+        taken.add(_path_key(figure))
     decode = max(m.config.preprocess.resize_size for _, m in models)
-    grid, written, used, failed = [], [], set(), 0
+    grid, written, failed = [], [], 0
     for f in files:
         try:
             img = load_image(f, min_size=decode)
@@ -595,24 +614,30 @@ def _cmd_cam(args: argparse.Namespace) -> int:
                                 top=[(names[i], float(p)) for i, p in zip(top.indices.tolist(), top.values)],
                                 class_name=names[k], class_prob=float(probs[k])))
             print(f"{f}: {label}: {names[k]} {float(probs[k]):.3f}")
-        stem, n = f.stem, 2
-        while stem in used:                                # same name in two folders
-            stem, n = f"{f.stem}_{n}", n + 1
-        used.add(stem)
-        written.append(plot_cam_rows(entries, out / f"{stem}.png", title=f.name))
+        path, n = out / f"{f.stem}.png", 2
+        while _path_key(path) in taken:
+            path, n = out / f"{f.stem}_{n}.png", n + 1
+        taken.add(_path_key(path))
+        written.append(plot_cam_rows(entries, path, title=f.name))
         grid.append(entries)
     if not grid:
         print(f"error: none of the {len(files)} images could be read (each is named above)", file=sys.stderr)
         return 1
-    if args.figure or len(grid) > 1 or len(models) > 1:
-        written.append(plot_cam_grid(grid, args.figure or out / "cam_grid.png"))
+    if draw_grid and (args.figure or len(grid) > 1 or len(models) > 1):
+        written.append(plot_cam_grid(grid, figure))
     print(f"wrote {len(written)} PNGs ({failed} images skipped): {', '.join(str(p) for p in written)}", file=sys.stderr)
     return 0
 
 
+def _path_key(path: Path) -> str:
+    """A written file's identity for name clashes: the absolute path, case-folded."""
+    return os.path.normpath(os.path.abspath(path)).casefold()
+
+
 def _grid(text: str) -> dict:
     """``alpha=1.0:1.4:0.05,beta=1.0:1.3:0.05,gamma=1.0:1.3:0.05`` -> {name: (start, stop, step)};
-    a name left out keeps its default range, ``alpha=1.2`` is the single value 1.2."""
+    a name left out keeps its default range, ``alpha=1.2`` is the single value 1.2; a name
+    given twice is refused (which range was meant is unclear)."""
     grid = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, _, spec = part.partition("=")
@@ -620,6 +645,9 @@ def _grid(text: str) -> dict:
         if name not in ("alpha", "beta", "gamma") or not spec:
             raise argparse.ArgumentTypeError(f"{part!r}: write alpha=START:STOP:STEP (or beta=, gamma=; "
                                              f"alpha=1.2 for one value)")
+        if name in grid:
+            raise argparse.ArgumentTypeError(f"{name} is given twice; give each of alpha, beta, gamma at most "
+                                             f"once, e.g. {name}=1.0:1.4:0.05")
         try:
             nums = [float(x) for x in spec.split(":")]
         except ValueError:
@@ -702,6 +730,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     values = {k: v for k, v in (("width", args.width), ("depth", args.depth), ("resolution", args.resolution),
                                 ("compound", args.phi)) if v is not None}
     dims = [d.strip() for d in args.dims.split(",") if d.strip()]
+    if not dims:
+        raise ValueError(f"--dims {args.dims!r} names no dimension; give a comma list of any of "
+                         f"width,depth,resolution,compound (e.g. --dims width,depth)")
     result = sweep(args.model, args.data, args.out, dims=dims, values=values, width_at=args.width_at or (),
                    max_macs=args.max_macs, epochs=args.epochs, image_size=args.image_size,
                    batch_size=args.batch_size, recipe=args.recipe, seed=args.seed, lr=args.lr, workers=args.workers,
@@ -1021,7 +1052,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "resolution,compound; default: the model's name or folder)")
     p.add_argument("--out", required=True, help="folder for <image>.png (photo, CAM overlay, top-k per model)")
     p.add_argument("--figure", default=None,
-                   help="the grid of all images and models (default OUT/cam_grid.png, written for >1 image or model)")
+                   help="the grid of all images and models, a .png (default OUT/cam_grid.png, written for >1 image "
+                        "or model)")
     p.add_argument("--topk", type=POSITIVE, default=5)
     p.set_defaults(func=_cmd_cam)
 

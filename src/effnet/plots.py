@@ -3,8 +3,9 @@ activation maps (paper Figs. 1, 3, 5, 7, 8).
 
 Every function draws with matplotlib's object API (``matplotlib.figure.Figure`` on the Agg
 canvas: no pyplot state, no display needed) and writes its PNG through
-:func:`effnet._io.atomic_write`, creating the output's folder when missing. ``matplotlib``
-is imported only when a figure is drawn.
+:func:`effnet._io.atomic_write`, creating the output's folder when missing; an output name
+must end in ``.png`` (checked before anything is drawn). ``matplotlib`` is imported only when
+a figure is drawn.
 """
 
 from __future__ import annotations
@@ -30,10 +31,20 @@ def _figure(width: float, height: float, layout: Optional[str] = None):
     return Figure(figsize=(width, height), layout=layout)
 
 
+def _png_path(path: PathLike) -> Path:
+    """``path`` as a Path; ValueError unless its name ends in ``.png`` (any case): every figure
+    is written as PNG, and PNG bytes in a ``.jpg`` or ``.pdf`` file would mislead viewers."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"figure file {path} must end in .png (figures are written as PNG); "
+                         f"give a name like {path.stem or 'figure'}.png")
+    return path
+
+
 def _save(fig, path: PathLike, dpi: int = 100) -> Path:
     from ._io import atomic_write, make_parent
 
-    path = Path(path)
+    path = _png_path(path)
     make_parent(path)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
@@ -132,9 +143,10 @@ def plot_family(out_png: PathLike, points: Optional[List[dict]] = None) -> Path:
         ``out_png`` as a Path.
 
     Raises:
-        ValueError: no point to plot.
+        ValueError: ``out_png`` does not end in ``.png``, or no point to plot.
         WriteError (an OSError): the file cannot be written.
     """
+    out_png = _png_path(out_png)
     points = family_points() if points is None else points
     if not points:
         raise ValueError("no registered model has a published top-1 (WeightSource.top1); nothing to plot")
@@ -182,8 +194,9 @@ def plot_metrics(csv_path: PathLike, out_png: PathLike) -> Path:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: no ``epoch`` column, or no epoch row yet.
+        ValueError: ``out_png`` does not end in ``.png``, no ``epoch`` column, or no epoch row yet.
     """
+    out_png = _png_path(out_png)
     fields, rows = _read_csv(csv_path)
     if "epoch" not in fields:
         raise ValueError(f"{csv_path} has no epoch column (columns: {', '.join(fields) or 'none'}); "
@@ -242,8 +255,10 @@ def plot_trials(csv_path: PathLike, out_png: PathLike, title: Optional[str] = No
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: a required column is missing, or no row has both numbers.
+        ValueError: ``out_png`` does not end in ``.png``, a required column is missing, or no
+            row has both numbers.
     """
+    out_png = _png_path(out_png)
     fields, rows = _read_csv(csv_path)
     missing = [c for c in _TRIAL_COLUMNS if c not in fields]
     if missing:
@@ -300,8 +315,11 @@ def plot_run(run_dir: PathLike, out_png: Optional[PathLike] = None) -> Path:
 
     Raises:
         FileNotFoundError: ``run_dir`` is not a folder, or holds neither file.
-        ValueError: as the plotting function (no finished epoch or trial).
+        ValueError: ``out_png`` does not end in ``.png``; as the plotting function (no
+            finished epoch or trial).
     """
+    if out_png is not None:
+        out_png = _png_path(out_png)
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder {run_dir} does not exist or is not a folder")
@@ -315,6 +333,11 @@ def plot_run(run_dir: PathLike, out_png: Optional[PathLike] = None) -> Path:
 
 # ---- class activation maps ----------------------------------------------------------------------
 
+# upsample_cam: a map whose span is at most this fraction of its magnitude is constant (float32
+# rounding of a bilinear upsampling is ~1e-7 relative; a real CAM spans a good part of its range).
+CAM_FLAT_TOLERANCE = 1e-6
+
+
 def upsample_cam(maps: torch.Tensor, size: Union[int, Sequence[int]]) -> torch.Tensor:
     """CAMs resized to the image and scaled to [0, 1] per map, for display (Zhou et al. 2016).
 
@@ -324,7 +347,9 @@ def upsample_cam(maps: torch.Tensor, size: Union[int, Sequence[int]]) -> torch.T
 
     Returns:
         (N, H, W) float32 in [0, 1]: bilinear upsampling, then ``(m - min) / (max - min)``
-        per map (a constant map gives zeros).
+        per map. A constant map (a 32 px model's 1x1 map, say) gives zeros: a span within
+        :data:`CAM_FLAT_TOLERANCE` of the map's magnitude ``max(|min|, |max|)`` is float
+        rounding of the upsampling, not a pattern to stretch to [0, 1].
 
     Raises:
         ValueError: ``maps`` is not 3-D.
@@ -334,8 +359,10 @@ def upsample_cam(maps: torch.Tensor, size: Union[int, Sequence[int]]) -> torch.T
     size = (size, size) if isinstance(size, int) else tuple(size)
     up = torch.nn.functional.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
     lo = up.amin(dim=(1, 2), keepdim=True)
-    span = up.amax(dim=(1, 2), keepdim=True) - lo
-    return torch.where(span > 0, (up - lo) / span.clamp_min(1e-12), torch.zeros_like(up))
+    hi = up.amax(dim=(1, 2), keepdim=True)
+    span = hi - lo
+    flat = span <= CAM_FLAT_TOLERANCE * torch.maximum(lo.abs(), hi.abs())
+    return torch.where(flat, torch.zeros_like(up), (up - lo) / span.clamp_min(1e-30))
 
 
 def _draw_overlay(ax, photo, heat, alpha: float = 0.5) -> None:
@@ -369,7 +396,11 @@ def plot_cam_rows(entries: Sequence[dict], out_png: PathLike, title: Optional[st
 
     Returns:
         ``out_png`` as a Path.
+
+    Raises:
+        ValueError: ``out_png`` does not end in ``.png``.
     """
+    out_png = _png_path(out_png)
     n = len(entries)
     fig = _figure(11, 3.3 * n + (0.4 if title else 0))
     axes = fig.subplots(n, 3, squeeze=False, gridspec_kw=dict(width_ratios=[1, 1, 1.3]))
@@ -407,7 +438,11 @@ def plot_cam_grid(rows: Sequence[Sequence[dict]], out_png: PathLike, title: Opti
 
     Returns:
         ``out_png`` as a Path.
+
+    Raises:
+        ValueError: ``out_png`` does not end in ``.png``.
     """
+    out_png = _png_path(out_png)
     n, m = len(rows), len(rows[0])
     # constrained layout: the first row's two-line titles (model, class) do not eat the others' room
     fig = _figure(2.3 * (m + 1), 2.45 * n + 0.3 + (0.4 if title else 0), layout="constrained")

@@ -13,6 +13,7 @@ table; :func:`scale_to_budget` picks ``phi`` for a target MACs budget.
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 from dataclasses import dataclass, replace
@@ -42,6 +43,8 @@ __all__ = [
     "GRID_ALPHA",
     "GRID_BETA",
     "GRID_GAMMA",
+    "MAX_GRID_AXIS",
+    "MAX_GRID_POINTS",
     "grid_values",
     "flops_factor",
     "candidate_grid",
@@ -467,6 +470,26 @@ def scale_to_budget(target_macs: float, base: NetworkSpec = EFFICIENTNET_B0,
 GRID_ALPHA = (1.0, 1.4, 0.05)
 GRID_BETA = (1.0, 1.3, 0.05)
 GRID_GAMMA = (1.0, 1.3, 0.05)
+# The most values one axis of the grid may have, and the most (alpha, beta, gamma) points the
+# whole grid may have: each point's product is computed (~0.5 s per million in Python), so
+# three fine axes (1:2:0.0002 is 5,001 values, 1.25e11 points) are refused before anything
+# is built instead of running out of memory.
+MAX_GRID_AXIS = 10_000
+MAX_GRID_POINTS = 1_000_000
+
+
+def _grid_count(start: float, stop: float, step: float) -> tuple[float, float, float, int]:
+    """The checked ``(start, stop, step)`` of one axis and its number of values, nothing built."""
+    start = check_float("grid start", start, 0.0, low_open=True)
+    stop = check_float("grid stop", stop, 0.0, low_open=True)
+    step = check_float("grid step", step, 0.0, low_open=True)
+    if stop < start:
+        raise ValueError(f"grid stop {stop:g} is below its start {start:g}; write start:stop:step with start <= stop")
+    n = int(math.floor((stop - start) / step + 1e-9)) + 1
+    if n > MAX_GRID_AXIS:
+        raise ValueError(f"grid {start:g}:{stop:g}:{step:g} has {n} values, more than {MAX_GRID_AXIS:,}; "
+                         f"use a larger step or a narrower range")
+    return start, stop, step, n
 
 
 def grid_values(start: float, stop: float, step: float) -> tuple[float, ...]:
@@ -474,18 +497,23 @@ def grid_values(start: float, stop: float, step: float) -> tuple[float, ...]:
     9 decimals so that 1.0 + 4 * 0.05 is exactly 1.2.
 
     Raises:
-        ValueError: a bound not positive and finite, ``stop < start``, or ``step <= 0`` (a
-            single value is ``start == stop``, any step).
+        ValueError: a bound not positive and finite, ``stop < start``, ``step <= 0`` (a
+            single value is ``start == stop``, any step), or more than :data:`MAX_GRID_AXIS`
+            values.
     """
-    start = check_float("grid start", start, 0.0, low_open=True)
-    stop = check_float("grid stop", stop, 0.0, low_open=True)
-    step = check_float("grid step", step, 0.0, low_open=True)
-    if stop < start:
-        raise ValueError(f"grid stop {stop:g} is below its start {start:g}; write start:stop:step with start <= stop")
-    n = int(math.floor((stop - start) / step + 1e-9))
-    if n > 10_000:
-        raise ValueError(f"grid {start:g}:{stop:g}:{step:g} has {n + 1} values; use a larger step")
-    return tuple(round(start + i * step, 9) for i in range(n + 1))
+    start, stop, step, n = _grid_count(start, stop, step)
+    return tuple(round(start + i * step, 9) for i in range(n))
+
+
+def _tolerance_hint(gap: float) -> str:
+    """The smallest tolerance, rounded UP to 3 decimals (3 significant digits below 0.001),
+    that admits a point ``gap`` from the target, as text that parses back to that value."""
+    decimals = 3 if gap >= 1e-3 else 2 - math.floor(math.log10(gap))
+    scale = 10 ** decimals
+    units = math.ceil(gap * scale)
+    while units / scale + 1e-12 < gap:                       # float rounding of gap * scale
+        units += 1
+    return f"{units / scale:.{decimals}f}".rstrip("0").rstrip(".")
 
 
 def flops_factor(alpha: float, beta: float, gamma: float) -> float:
@@ -529,22 +557,29 @@ def candidate_grid(alpha: tuple[float, float, float] = GRID_ALPHA, beta: tuple[f
 
     Raises:
         ValueError: a malformed range, ``target``/``tolerance`` not positive, ``max_trials``
-            below 1, or no grid point within the tolerance (the message gives the closest
-            point and its product, and the tolerance that would admit it).
+            below 1, a grid of more than :data:`MAX_GRID_POINTS` points (checked from the
+            axes' lengths before any point is built), or no grid point within the tolerance
+            (the message gives the closest point and its product, and a tolerance, rounded
+            up, that admits it).
     """
     target = check_float("target", target, 0.0, low_open=True)
     tolerance = check_float("tolerance", tolerance, 0.0)
     if max_trials is not None:
         max_trials = check_int("max_trials", max_trials, 1)
+    counts = [_grid_count(*r)[3] for r in (alpha, beta, gamma)]
+    if math.prod(counts) > MAX_GRID_POINTS:
+        raise ValueError(f"the alpha x beta x gamma grid has {counts[0]:,} x {counts[1]:,} x {counts[2]:,} = "
+                         f"{math.prod(counts):,} points, more than {MAX_GRID_POINTS:,}; use larger steps or "
+                         f"narrower ranges (max_trials, --max-trials of effnet search, does not help: it picks among "
+                         f"the points within the tolerance after the whole grid is built)")
     axes = [grid_values(*r) for r in (alpha, beta, gamma)]
-    points = [(a, b, g) for a in axes[0] for b in axes[1] for g in axes[2]]
-    inside = [p for p in points if abs(flops_factor(*p) - target) <= tolerance + 1e-12]
+    inside = [p for p in itertools.product(*axes) if abs(flops_factor(*p) - target) <= tolerance + 1e-12]
     if not inside:
-        a, b, g = min(points, key=lambda p: abs(flops_factor(*p) - target))
+        a, b, g = min(itertools.product(*axes), key=lambda p: abs(flops_factor(*p) - target))
         gap = abs(flops_factor(a, b, g) - target)
         raise ValueError(f"no grid point has alpha * beta^2 * gamma^2 within {tolerance:g} of {target:g}: the "
                          f"closest is alpha={a:g}, beta={b:g}, gamma={g:g} with {flops_factor(a, b, g):.4f} "
-                         f"(off by {gap:.4f}); widen the grid or use a tolerance of at least {gap:.3f}")
+                         f"(off by {gap:.4g}); widen the grid or use a tolerance of at least {_tolerance_hint(gap)}")
     if max_trials is None or max_trials >= len(inside):
         return inside
     paper = (PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA)
