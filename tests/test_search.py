@@ -273,6 +273,8 @@ def test_failed_trials_are_rows_not_the_end_of_the_search(proxy, tmp_path, monke
         S.run_trials(trials, settings, tmp_path / "r", runner="ray", cpus_per_trial=(os.cpu_count() or 1) + 1)
     with pytest.raises(ValueError, match="GPU"):
         S.run_trials(trials, settings, tmp_path / "r", runner="ray", cpus_per_trial=1, gpus_per_trial=64)
+    with pytest.raises(ValueError, match="--gpus-per-trial 1, --trials-per-node 2 set"):
+        S.run_trials(trials, settings, tmp_path / "r", runner="local", gpus_per_trial=1, trials_per_node=2)
     # a damaged result file is named, not a traceback
     bad = tmp_path / "s" / "trials" / trials[0].name / "result.json"
     bad.parent.mkdir(parents=True, exist_ok=True)

@@ -385,11 +385,17 @@ def run_trials(trials: Sequence[Trial], settings: TrialSettings, out: Union[str,
         and how many networks finished training now.
 
     Raises:
-        ValueError: an unknown runner, ``ray`` asked for but not installed, more CPUs or
-            GPUs per trial than a local Ray instance has, a budget too small for one epoch.
+        ValueError: an unknown runner, ``ray`` asked for but not installed, Ray's packing
+            (``address``, ``gpus_per_trial``, ``trials_per_node``) with the local runner, more
+            CPUs or GPUs per trial than a local Ray instance has, a budget too small for one epoch.
     """
     out = Path(out).resolve()          # Ray runs each trial in a folder of its own: paths must be absolute
     runner = _ray.resolve_runner(runner, "ray.tune", "Ray Tune", "search")
+    ray_only = [f"--{k} {v}" for k, v in (("address", address), ("gpus-per-trial", gpus_per_trial or None),
+                                          ("trials-per-node", trials_per_node)) if v is not None]
+    if runner == "local" and ray_only:
+        raise ValueError(f"{', '.join(ray_only)} set(s) how Ray packs trials, but the runner is 'local' (one trial "
+                         f"after another in this process): use --runner ray (pip install 'effnet[search]'), or drop it")
     cores = os.cpu_count() or 1
     if cpus_per_trial is None:
         cpus_per_trial = max(1, cores // trials_per_node) if (runner == "ray" and trials_per_node) else (
