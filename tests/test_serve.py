@@ -25,7 +25,7 @@ PHOTOS = ("n01440764_tench.JPEG", "n01443537_goldfish.JPEG")
 @pytest.fixture(scope="module")
 def server():
     with ServerProcess(["serve", *MODEL, "--engine", "onnx", "--max-batch", "8", "--batch-timeout-ms", "20",
-                        "--max-upload-mb", "2"]) as url:
+                        "--max-upload-mb", "2", "--max-image-mpixels", "1"]) as url:
         yield url
 
 
@@ -123,6 +123,8 @@ def test_bad_uploads_get_their_4xx_and_the_server_keeps_serving(server, data):
         "text, not an image": (post(b"this is not an image at all"), 422, "not an image"),
         "truncated JPEG": (post(good[:len(good) // 3]), 422, "truncated"),
         "decompression bomb": (post(_png_header_only(40000, 40000), ctype="image/png"), 422, "pixels"),
+        "over --max-image-mpixels 1": (post(_png_header_only(2000, 1000), ctype="image/png"), 422,
+                                       "2000x1000 = 2,000,000 pixels, more than the cap of 1,000,000"),
         "empty body": (post(b""), 422, "empty"),
         "over --max-upload-mb 2": (post(b"\xff" * (3 << 20)), 413, "limit of 2 MiB"),
         "over the cap, multipart": (post(files={"file": ("big.jpg", b"\xff" * (3 << 20), "image/jpeg")}), 413,
@@ -179,7 +181,7 @@ def test_health_metadata_and_metrics(server):
     assert meta["preprocessing"] == {"resize_size": pre.resize_size, "input_size": 224, "crop_pct": pre.crop_pct,
                                      "interpolation": pre.interpolation, "crop_mode": pre.crop_mode,
                                      "mean": list(pre.mean), "std": list(pre.std)}
-    assert meta["max_batch"] == 8 and meta["max_upload_mb"] == 2
+    assert meta["max_batch"] == 8 and meta["max_upload_mb"] == 2 and meta["max_image_mpixels"] == 1
     text = httpx.get(f"{server}/metrics").text
     for name in ("effnet_requests_total", "effnet_errors_total", "effnet_request_latency_seconds_bucket",
                  "effnet_batch_size_bucket"):

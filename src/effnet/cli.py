@@ -215,7 +215,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from .serve.server import Classifier, ServeConfig, bind, serve, warm_up
 
     config = ServeConfig(max_batch=args.max_batch, batch_timeout_ms=args.batch_timeout_ms,
-                         max_upload_mb=args.max_upload_mb, max_files=args.max_files)
+                         max_upload_mb=args.max_upload_mb, max_files=args.max_files,
+                         max_image_mpixels=args.max_image_mpixels)
     app = args.command == "app"
     sock = bind(args.host, args.port)            # a taken port fails now, before the model loads
     model = _build_model(args)
@@ -893,6 +894,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--max-upload-mb", type=_real(0), default=20.0,
                        help="largest request body, MiB")
         p.add_argument("--max-files", type=POSITIVE, default=64, help="most images in one /predict/batch request")
+        p.add_argument("--max-image-mpixels", type=_real(0), default=89.478485,
+                       help="largest image an upload may declare, millions of pixels (default and most: 89.5, "
+                            "Pillow's bomb limit; decoding costs ~10 ms per million)")
         p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
         p.set_defaults(func=_cmd_serve)
 

@@ -44,16 +44,20 @@ class Classifier:
         # onnxruntime threads sleep between calls: the same cores decode uploads and parse HTTP
         self._run = build_engine(model, engine, self.preprocess_config.input_size, calibration, spinning=False)
 
-    def preprocess(self, data: bytes, filename: str = "<upload>", split: bool = False) -> torch.Tensor:
+    def preprocess(self, data: bytes, filename: str = "<upload>", split: bool = False,
+                   max_pixels: Optional[int] = None) -> torch.Tensor:
         """Encoded image bytes -> float32 (3, H, W), the model's eval preprocessing.
 
         ``split=True`` runs half of the resize on a second thread (the same pixels,
         :func:`effnet.data.resize_center_crop`): for a lone request on an idle server.
+        ``max_pixels``: refuse images declaring more pixels (default
+        :data:`effnet.data.MAX_IMAGE_PIXELS`).
 
         Raises:
-            ImageDecodeError: the bytes are not a decodable image (named ``filename``).
+            ImageDecodeError: the bytes are not a decodable image, or over ``max_pixels``
+                (named ``filename``).
         """
-        img = decode_image(data, filename, min_size=self.transform.decode_size)
+        img = decode_image(data, filename, min_size=self.transform.decode_size, max_pixels=max_pixels)
         return self.transform(img, self._resize_pool if split else None)
 
     def __call__(self, x: torch.Tensor) -> np.ndarray:

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from .._validate import check_float, check_int
-from ..data import ImageDecodeError, decode_image
+from ..data import MAX_IMAGE_PIXELS, ImageDecodeError, decode_image
 from .classifier import Classifier
 
 __all__ = ["ServeConfig", "Classifier", "DynamicBatcher", "create_app", "bind", "serve", "ServeDependencyError"]
@@ -86,6 +86,11 @@ class ServeConfig:
         max_upload_mb: largest request body, in MiB (one image for ``/predict``, all of them
             for ``/predict/batch``).
         max_files: most images in one ``/predict/batch`` request.
+        max_image_mpixels: largest image an upload may declare, in millions of pixels
+            (refused with 422 from its header, before decoding); at most
+            :data:`effnet.data.MAX_IMAGE_PIXELS` (89.5, Pillow's bomb limit), the default.
+            Decoding costs about 10 ms per million pixels on this machine's cores, so a
+            server facing the public may want photos' sizes only (e.g. 24).
         decode_threads: threads decoding uploads (Pillow releases the GIL while decoding).
     """
 
@@ -93,6 +98,7 @@ class ServeConfig:
     batch_timeout_ms: float = 5.0
     max_upload_mb: float = 20.0
     max_files: int = 64
+    max_image_mpixels: float = MAX_IMAGE_PIXELS / 1e6
     decode_threads: int = 2
 
     def __post_init__(self) -> None:
@@ -102,6 +108,12 @@ class ServeConfig:
             check_int(name, getattr(self, name), minimum=1)
         check_float("batch_timeout_ms", self.batch_timeout_ms, low=0)
         check_float("max_upload_mb", self.max_upload_mb, low=0, low_open=True)
+        check_float("max_image_mpixels", self.max_image_mpixels, low=0, high=MAX_IMAGE_PIXELS / 1e6, low_open=True)
+
+    @property
+    def max_pixels(self) -> int:
+        """:attr:`max_image_mpixels` in pixels."""
+        return round(self.max_image_mpixels * 1e6)
 
 
 class _Item:
@@ -511,7 +523,7 @@ def create_app(classifier: Classifier, config: ServeConfig = ServeConfig(), app:
 
     async def decode(data: bytes, name: str) -> torch.Tensor:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(decode_pool, classifier.preprocess, data, name)
+        return await loop.run_in_executor(decode_pool, classifier.preprocess, data, name, False, config.max_pixels)
 
     def payload(t0: float, **fields) -> dict:
         return {**fields, "model": classifier.name, "engine": classifier.engine,
@@ -527,7 +539,8 @@ def create_app(classifier: Classifier, config: ServeConfig = ServeConfig(), app:
         try:
             if batcher.alone():               # nothing else to do: decode (resize on 2 threads) + engine at once
                 announced = False
-                probs = await batcher.run_alone(functools.partial(classifier.preprocess, data, name, True))
+                probs = await batcher.run_alone(functools.partial(classifier.preprocess, data, name, True,
+                                                                  config.max_pixels))
             else:
                 x = await decode(data, name)
                 announced = False
@@ -577,7 +590,8 @@ def create_app(classifier: Classifier, config: ServeConfig = ServeConfig(), app:
     @api.get("/metadata")
     async def metadata():
         return {**classifier.metadata(), "max_batch": config.max_batch, "batch_timeout_ms": config.batch_timeout_ms,
-                "max_upload_mb": config.max_upload_mb, "max_files": config.max_files}
+                "max_upload_mb": config.max_upload_mb, "max_files": config.max_files,
+                "max_image_mpixels": config.max_image_mpixels}
 
     @api.get("/metrics")
     async def metrics():
@@ -598,7 +612,8 @@ def create_app(classifier: Classifier, config: ServeConfig = ServeConfig(), app:
             loop = asyncio.get_running_loop()
             try:
                 image = await loop.run_in_executor(
-                    decode_pool, lambda: decode_image(data, name, min_size=classifier.transform.decode_size))
+                    decode_pool, lambda: decode_image(data, name, min_size=classifier.transform.decode_size,
+                                                      max_pixels=config.max_pixels))
             except ImageDecodeError as e:
                 raise HTTPException(422, str(e)) from e
             result = await batcher.on_engine_thread(classifier.explain, image, topk)
