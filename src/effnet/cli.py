@@ -685,19 +685,21 @@ def _runner_args(args: argparse.Namespace) -> dict:
 
 
 def _print_trials(rows: list, score: bool) -> None:
-    head = f"{'trial':<20} {'alpha':>5} {'beta':>5} {'gamma':>5} {'factor':>6} {'res':>4} {'params':>9} " \
-           f"{'MACs':>9} {'top-1':>6} {'top-5':>6} {'ms':>7}" + (f" {'score':>6}" if score else "") + "  status"
+    """The trials table: Eq. 3's nominal factor beside the network's real MACs over the baseline's."""
+    head = f"{'trial':<20} {'alpha':>5} {'beta':>5} {'gamma':>5} {'factor':>6} {'x MACs':>6} {'res':>4} " \
+           f"{'params':>10} {'MACs':>9} {'top-1':>6} {'top-5':>6} {'ms':>7}" + (f" {'score':>6}" if score else "") \
+           + "  status"
     print(head)
 
-    def num(v, fmt):
-        return format(v, fmt) if isinstance(v, (int, float)) else "-"
+    def num(v, width: int, spec: str = ".2f") -> str:
+        return format(v, f"{width}{spec}") if isinstance(v, (int, float)) else "-".rjust(width)
 
     for r in rows:
-        print(f"{r['trial']:<20} {num(r['alpha'], '5.2f')} {num(r['beta'], '5.2f')} {num(r['gamma'], '5.2f')} "
-              f"{num(r['flops_factor'], '6.3f')} {r['resolution']:>4} {num(r.get('params'), '9,d')} "
-              f"{r['macs'] / 1e6:8.1f}M {num(r.get('top1'), '6.2f')} {num(r.get('top5'), '6.2f')} "
-              f"{num(r.get('latency_ms'), '7.1f')}" + (f" {num(r.get('score'), '6.2f')}" if score else "")
-              + f"  {r['status']}")
+        print(f"{r['trial']:<20} {num(r['alpha'], 5)} {num(r['beta'], 5)} {num(r['gamma'], 5)} "
+              f"{num(r['flops_factor'], 6, '.3f')} {num(r.get('macs_factor'), 6)} {r['resolution']:>4} "
+              f"{num(r.get('params'), 10, ',d')} {r['macs'] / 1e6:8.1f}M {num(r.get('top1'), 6)} "
+              f"{num(r.get('top5'), 6)} {num(r.get('latency_ms'), 7, '.1f')}"
+              + (f" {num(r.get('score'), 6)}" if score else "") + f"  {r['status']}")
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
