@@ -584,9 +584,7 @@ def _cmd_cam(args: argparse.Namespace) -> int:
         if _path_key(figure) in taken:
             raise SystemExit(f"error: --figure {figure} is one of the input images; give another file name")
     else:
-        figure, n = out / "cam_grid.png", 2
-        while _path_key(figure) in taken:
-            figure, n = out / f"cam_grid_{n}.png", n + 1
+        figure = _unused(out, "cam_grid", taken)
     models = _cam_models(args)
     draw_grid = bool(args.figure) or len(files) > 1 or len(models) > 1
     if draw_grid:
@@ -615,9 +613,7 @@ def _cmd_cam(args: argparse.Namespace) -> int:
                                 top=[(names[i], float(p)) for i, p in zip(top.indices.tolist(), top.values)],
                                 class_name=names[k], class_prob=float(probs[k])))
             print(f"{f}: {label}: {names[k]} {float(probs[k]):.3f}")
-        path, n = out / f"{f.stem}.png", 2
-        while _path_key(path) in taken:
-            path, n = out / f"{f.stem}_{n}.png", n + 1
+        path = _unused(out, f.stem, taken)
         taken.add(_path_key(path))
         written.append(plot_cam_rows(entries, path, title=f.name))
         grid.append(entries)
@@ -633,6 +629,14 @@ def _cmd_cam(args: argparse.Namespace) -> int:
 def _path_key(path: Path) -> str:
     """A written file's identity for name clashes: the absolute path, case-folded."""
     return os.path.normpath(os.path.abspath(path)).casefold()
+
+
+def _unused(out: Path, stem: str, taken: set) -> Path:
+    """``out/<stem>.png``, or ``<stem>_2.png``, ``_3``... : the first whose :func:`_path_key` is not in ``taken``."""
+    path, n = out / f"{stem}.png", 2
+    while _path_key(path) in taken:
+        path, n = out / f"{stem}_{n}.png", n + 1
+    return path
 
 
 def _grid(text: str) -> dict:

@@ -674,13 +674,18 @@ def load_transformed(path: Union[str, os.PathLike], transform: Callable[[Image.I
 
 
 def decode_transformed(data: Union[bytes, bytearray, memoryview], transform: Callable[[Image.Image], torch.Tensor],
-                       name: str = "<upload>"):
+                       name: str = "<upload>", max_pixels: Optional[int] = None,
+                       executor: Optional[Executor] = None):
     """:func:`load_transformed` for bytes in memory (:func:`decode_image`, then ``transform``).
+
+    ``max_pixels`` as :func:`decode_image`; ``executor`` is passed to ``transform`` (a
+    :class:`ResizeCropTransform` splits its resize over it) when given.
 
     Raises:
         ImageDecodeError: as :func:`decode_image`.
     """
-    return transform(decode_image(data, name, min_size=getattr(transform, "decode_size", None)))
+    img = decode_image(data, name, min_size=getattr(transform, "decode_size", None), max_pixels=max_pixels)
+    return transform(img) if executor is None else transform(img, executor)
 
 
 # ---- datasets ---------------------------------------------------------------------------------

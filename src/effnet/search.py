@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import json
 import math
@@ -143,6 +144,7 @@ def _trial_for(dim: str, width: float, depth: float, resolution: int, **coefs) -
                  **coefs)
 
 
+@functools.lru_cache(maxsize=4096)        # pure, and asked again for every row of every partial table
 def trial_macs(model: str, trial: Trial, num_classes: int = 1000) -> int:
     """MACs per image of ``model`` scaled by ``trial`` at its resolution (pure: from the
     scaled block table, :func:`effnet.scaling.estimate_macs`; equal to
@@ -359,7 +361,7 @@ def run_trials(trials: Sequence[Trial], settings: TrialSettings, out: Union[str,
                address: Optional[str] = None, cpus_per_trial: Optional[int] = None, gpus_per_trial: float = 0,
                trials_per_node: Optional[int] = None, time_budget_s: Optional[float] = None,
                log: Callable[[str], None] = print, before: Optional[Callable[[], None]] = None,
-    partial: Optional[Callable[[list[dict]], None]] = None) -> tuple[list[dict], int]:
+               partial: Optional[Callable[[list[dict]], None]] = None) -> tuple[list[dict], int]:
     """Run every trial not yet finished in ``out`` and return all their rows, in order.
 
     Args:

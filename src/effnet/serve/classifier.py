@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import decode_image, eval_transform, model_class_names, to_tensor
+from ..data import decode_transformed, eval_transform, model_class_names, to_tensor
 
 __all__ = ["Classifier"]
 
@@ -57,8 +57,7 @@ class Classifier:
             ImageDecodeError: the bytes are not a decodable image, or over ``max_pixels``
                 (named ``filename``).
         """
-        img = decode_image(data, filename, min_size=self.transform.decode_size, max_pixels=max_pixels)
-        return self.transform(img, self._resize_pool if split else None)
+        return decode_transformed(data, self.transform, filename, max_pixels, self._resize_pool if split else None)
 
     def __call__(self, x: torch.Tensor) -> np.ndarray:
         with torch.inference_mode():

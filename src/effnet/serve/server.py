@@ -521,9 +521,11 @@ def create_app(classifier: Classifier, config: ServeConfig = ServeConfig(), app:
         check_type(ctype, f"file {name!r}")
         return name, data
 
+    preprocess = functools.partial(classifier.preprocess, max_pixels=config.max_pixels)   # bytes -> (3, H, W)
+
     async def decode(data: bytes, name: str) -> torch.Tensor:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(decode_pool, classifier.preprocess, data, name, False, config.max_pixels)
+        return await loop.run_in_executor(decode_pool, preprocess, data, name)
 
     def payload(t0: float, **fields) -> dict:
         return {**fields, "model": classifier.name, "engine": classifier.engine,
@@ -539,8 +541,7 @@ def create_app(classifier: Classifier, config: ServeConfig = ServeConfig(), app:
         try:
             if batcher.alone():               # nothing else to do: decode (resize on 2 threads) + engine at once
                 announced = False
-                probs = await batcher.run_alone(functools.partial(classifier.preprocess, data, name, True,
-                                                                  config.max_pixels))
+                probs = await batcher.run_alone(functools.partial(preprocess, data, name, split=True))
             else:
                 x = await decode(data, name)
                 announced = False
